@@ -1,0 +1,17 @@
+// SPDX-License-Identifier: Apache-2.0
+// launch.h: every kernel launcher, declared once. Each is defined once per backend, in cuda/ or in
+// hip/; setup.py compiles exactly one of the two folders, so host code needs no #ifdef.
+// The stream is passed as an opaque handle (a cudaStream_t or hipStream_t) so that this header
+// needs no runtime header either. Each returns nullptr on success, else the runtime's error
+// message, which the host launcher raises as a TORCH_CHECK error naming the op.
+#pragma once
+
+#include "params.h"
+
+namespace zk {
+
+using StreamHandle = void*;
+
+const char* launch_topk_gating(const TopkGatingParams& params, StreamHandle stream);
+
+}  // namespace zk
