@@ -12,7 +12,7 @@ try:
     from . import _C  # noqa: F401  (registers torch.ops.zaya.*)
 except ImportError as _err:  # not built: the reference path still works
     _C = None
-    BUILD_ERROR = str(_err)
+    BUILD_ERROR = f"zaya_kernels._C is not built or failed to load ({_err}); run tools/install.sh" 
 else:
     BUILD_ERROR = None
 

@@ -116,19 +116,17 @@ def moe_align(ids: torch.Tensor, num_experts: int, block_m: int):
     valid = (flat >= 0) & (flat < num_experts)
     counts = torch.bincount(flat[valid], minlength=num_experts)
     padded = (counts + block_m - 1) // block_m * block_m
-    offsets = torch.zeros(num_experts + 1, dtype=torch.int64)
+    offsets = torch.zeros(num_experts + 1, dtype=torch.int64, device=ids.device)
     offsets[1:] = torch.cumsum(padded, 0)
-    sorted_ids = torch.full((capacity,), num_pairs, dtype=torch.int32)
-    block_experts = torch.full(((capacity + block_m - 1) // block_m,), -1, dtype=torch.int32)
-    pair_index = torch.arange(num_pairs, dtype=torch.int32)
+    sorted_ids = torch.full((capacity,), num_pairs, dtype=torch.int32, device=ids.device)
+    block_experts = torch.full(((capacity + block_m - 1) // block_m,), -1, dtype=torch.int32, device=ids.device)
+    pair_index = torch.arange(num_pairs, dtype=torch.int32, device=ids.device)
     for e in range(num_experts):
         members = pair_index[valid & (flat == e)]
         start = int(offsets[e])
         sorted_ids[start:start + members.numel()] = members
         block_experts[start // block_m:int(offsets[e + 1]) // block_m] = e
-    num_padded = offsets[-1:].to(torch.int32)
-    return sorted_ids.to(ids.device), block_experts.to(ids.device), offsets.to(torch.int32).to(ids.device), \
-        num_padded.to(ids.device)
+    return sorted_ids, block_experts, offsets.to(torch.int32), offsets[-1:].to(torch.int32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +141,7 @@ def grouped_gemm(a: torch.Tensor, w: torch.Tensor, expert_offsets: torch.Tensor,
     """
     dt = compute_dtype
     out = torch.zeros(a.shape[0], w.shape[1], dtype=dt, device=a.device)
-    offsets = expert_offsets.tolist()
+    offsets = expert_offsets.tolist()  # a host sync: fine for the reference
     for e in range(w.shape[0]):
         lo, hi = offsets[e], offsets[e + 1]
         if hi > lo:
@@ -202,7 +200,8 @@ def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float):
 
     inv_freq and the product are fp32 as in HF, so a kernel doing one fp32 multiply agrees exactly.
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=positions.device).float()
+                                / rotary_dim))
     angle = positions.float()[:, None] * inv_freq[None, :]
     return torch.cos(angle), torch.sin(angle)
 
@@ -217,7 +216,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim
 
 def cache_slots(block_table_row: torch.Tensor, positions: torch.Tensor, page_size: int):
     """(page, slot) of each absolute position of one sequence in the paged cache."""
-    pages = block_table_row[(positions // page_size).long()].long()
+    pages = block_table_row[(positions // page_size).long()].long()  # same device as positions
     return pages, (positions % page_size).long()
 
 
@@ -269,7 +268,7 @@ def cca_prep(proj, cu_seqlens, seq_start, conv_state, value_state, conv1_w, conv
         z = _c(z + b_b.view(hq + hkv, d), dt)  # [n, Hq+Hkv, D]
         qraw = u[:, :hq * d].view(n, hq, d)
         kraw = u[:, hq * d:].view(n, hkv, d)
-        kv_of_q = torch.arange(hq) // group
+        kv_of_q = torch.arange(hq, device=u.device) // group
         mq = _c(0.5 * (qraw + kraw[:, kv_of_q]), dt)
         mk = _c(0.5 * (qraw.view(n, hkv, group, d).mean(dim=2) + kraw), dt)
         q = _c(z[:, :hq] + mq, dt)
@@ -277,13 +276,13 @@ def cca_prep(proj, cu_seqlens, seq_start, conv_state, value_state, conv1_w, conv
         q = _c(q * torch.rsqrt(_c(q.pow(2).sum(-1, keepdim=True), dt) + 1e-12) * scale, dt)
         k = _c(k * torch.rsqrt(_c(k.pow(2).sum(-1, keepdim=True), dt) + 1e-12) * scale, dt)
         k = _c(k * tau.view(1, hkv, 1), dt)
-        positions = int(seq_start[b]) + torch.arange(n)
+        positions = int(seq_start[b]) + torch.arange(n, device=u.device)
         cos, sin = rope_cos_sin(positions, rotary_dim, rope_theta)
         q = apply_rope(q, _c(cos, dt), _c(sin, dt), rotary_dim)
         k = apply_rope(k, _c(cos, dt), _c(sin, dt), rotary_dim)
         v_prev = torch.cat([_c(value_state[b][None], dt), v2[:-1]], dim=0)  # v2 of token t-1
         v = torch.cat([v1, v_prev], dim=-1).view(n, hkv, d)
-        pages, slots = cache_slots(block_table[b].cpu(), positions, page_size)
+        pages, slots = cache_slots(block_table[b], positions, page_size)
         k_cache[pages, slots] = k.to(k_cache.dtype)
         v_cache[pages, slots] = v.to(v_cache.dtype)
         q_out[lo:hi] = q.to(torch.bfloat16)
@@ -300,7 +299,7 @@ def _attend(q, k, v, q_positions, scale, causal, dt):
     v = _c(v, dt).repeat_interleave(rep, dim=1)
     logits = _c(torch.einsum("qhd,khd->hqk", _c(q, dt), k) * scale, dt)
     if causal:
-        key_pos = torch.arange(k.shape[0])
+        key_pos = torch.arange(k.shape[0], device=logits.device)
         logits = logits.masked_fill(key_pos[None, None, :] > q_positions[None, :, None], -math.inf)
     p = _c(torch.softmax(logits, dim=-1), dt)
     return _c(torch.einsum("hqk,khd->qhd", p, v), dt)
@@ -308,7 +307,7 @@ def _attend(q, k, v, q_positions, scale, causal, dt):
 
 def gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, length: int) -> torch.Tensor:
     """The first `length` positions of one sequence from a paged cache [pages, page_size, Hkv, D]."""
-    pages, slots = cache_slots(block_table_row.cpu(), torch.arange(length), cache.shape[1])
+    pages, slots = cache_slots(block_table_row, torch.arange(length, device=block_table_row.device), cache.shape[1])
     return cache[pages, slots]
 
 
@@ -331,7 +330,7 @@ def attention_prefill(q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens_k
         length = int(seq_lens_k[b])
         k = gather_kv(k_cache, block_table[b], length)
         v = gather_kv(v_cache, block_table[b], length)
-        q_positions = length - (hi - lo) + torch.arange(hi - lo)
+        q_positions = length - (hi - lo) + torch.arange(hi - lo, device=q.device)
         out[lo:hi] = _attend(q[lo:hi], k, v, q_positions, scale, causal, dt).to(q.dtype)
     return out
 
@@ -351,5 +350,5 @@ def attention_decode(q, k_cache, v_cache, block_table, seq_lens, softmax_scale=N
             continue
         k = gather_kv(k_cache, block_table[b], length)
         v = gather_kv(v_cache, block_table[b], length)
-        out[b] = _attend(q[b:b + 1], k, v, torch.tensor([length - 1]), scale, False, dt)[0].to(q.dtype)
+        out[b] = _attend(q[b:b + 1], k, v, None, scale, False, dt)[0].to(q.dtype)
     return out
