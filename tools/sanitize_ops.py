@@ -1,0 +1,38 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Run every op that has a GPU kernel once on small random inputs, for compute-sanitizer:
+  compute-sanitizer --tool memcheck python tools/sanitize_ops.py
+  compute-sanitizer --tool racecheck python tools/sanitize_ops.py
+Sizes are small so the instrumented run stays in seconds; each op also runs at a T that is not a
+multiple of any tile and at T = 1."""
+import sys
+
+import torch
+
+import zaya_kernels
+from zaya_kernels import ops
+
+sys.path.insert(0, ".")
+from tests.samples import sample  # noqa: E402
+
+
+def main() -> int:
+    ran = []
+    for op in ops.OP_NAMES:
+        if not zaya_kernels.has_device_kernel(op):
+            continue
+        for seed in (0, 1):
+            args, outs = sample(op, device="cuda", seed=seed)
+            getattr(ops, op)(*args)
+            getattr(ops, op)(*args, out=tuple(outs.values()) if len(outs) > 1 else next(iter(outs.values())))
+        ran.append(op)
+    if zaya_kernels.has_device_kernel("topk_gating"):
+        for tokens, experts, k in ((1, 17, 1), (1000, 256, 8), (333, 64, 2)):
+            logits = torch.randn(tokens, experts, device="cuda")
+            ops.topk_gating(logits, torch.randn(experts, device="cuda"), k, True, experts - 1)
+    torch.cuda.synchronize()
+    print(f"sanitize_ops: ran {ran}")
+    return 0 if ran else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
