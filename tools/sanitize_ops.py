@@ -4,14 +4,15 @@
   compute-sanitizer --tool racecheck python tools/sanitize_ops.py
 Sizes are small so the instrumented run stays in seconds; each op also runs at a T that is not a
 multiple of any tile and at T = 1."""
+import os
 import sys
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
-import zaya_kernels
-from zaya_kernels import ops
+import torch  # noqa: E402
 
-sys.path.insert(0, ".")
+import zaya_kernels  # noqa: E402
+from zaya_kernels import ops  # noqa: E402
 from tests.samples import sample  # noqa: E402
 
 
