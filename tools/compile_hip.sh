@@ -57,8 +57,8 @@ for f in "${files[@]}"; do
     END { if (inside) flush() }' "$b.s" > "$b.kernels"
   if [ ! -s "$b.kernels" ]; then echo "   (no kernels in this file)"; fi
   while read -r name vgpr agpr sgpr vspill sspill lds scratch dyn occ; do
-    printf '   %-60.60s VGPR %3s AGPR %3s SGPR %3s LDS %6s B scratch %4s B occupancy %s waves/SIMD\n' \
-      "$(echo "$name" | $CXXFILT)" "$vgpr" "$agpr" "$sgpr" "$lds" "$scratch" "$occ"
+    printf '   %-48s VGPR %3s AGPR %3s SGPR %3s LDS %6s B scratch %4s B occupancy %s waves/SIMD\n' \
+      "$(echo "$name" | $CXXFILT | sed -E 's/^void //; s/\(.*\)$//')" "$vgpr" "$agpr" "$sgpr" "$lds" "$scratch" "$occ"
     [ "$vspill" = 0 ] && [ "$sspill" = 0 ] || problem "$f: kernel $name spills (VGPR spill $vspill, SGPR spill $sspill)"
     [ "$scratch" = 0 ] || problem "$f: kernel $name uses $scratch bytes of scratch per lane"
     [ "$dyn" != true ] || problem "$f: kernel $name has a dynamic stack (recursion or an indirect call)"

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T0=$SECONDS
-stage() { echo "install: $1 ($((SECONDS - T))) s"; }
+stage() { echo "install: $1: $((SECONDS - T)) s"; }
 
 # 0. system prerequisites a bare image may lack: a C++ compiler, venv/ensurepip, Python headers. ---------
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
