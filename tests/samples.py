@@ -20,7 +20,7 @@ def sample(op: str, device="cpu", seed: int = 0):
         bias = ((torch.rand(17, generator=g) - 0.5) * 0.01).to(device)
         return (logits, bias, 2, True, 16), {"weights": empty(5, 2), "ids": empty(5, 2, dtype=torch.int32)}
     if op == "zaya_router":
-        t, h, r, e = 6, 64, 32, 17
+        t, h, r, e = 6, 512, 256, 17  # the kernels' smallest geometry: R = 256, H a multiple of 512
         args = (bf(t, h), bf(t, r), bf(r, h, scale=h ** -0.5), bf(r, scale=0.1), bf(r), bf(r, scale=0.1) + 1,
                 bf(r, r, scale=r ** -0.5), bf(r, scale=0.1), bf(r, r, scale=r ** -0.5), bf(r, scale=0.1),
                 bf(e, r, scale=r ** -0.5), torch.zeros(e, device=device), 1e-5)

@@ -94,9 +94,9 @@ BAD_INPUTS = [
     ("topk_gating", 2, lambda a: 9, r"k must be in 1\.\.min\(8, E'=17\), got 9"),
     ("topk_gating", 4, lambda a: 17, r"skip_index must be -1 or in \[0, 17\), got 17"),
     ("zaya_router", 0, lambda a: a[0].float(), r"x must be torch\.bfloat16, got torch\.float32"),
-    ("zaya_router", 1, lambda a: a[1][:3], r"r_prev must have shape \(6, 32\), got \(3, 32\)"),
+    ("zaya_router", 1, lambda a: a[1][:3], r"r_prev must have shape \(6, 256\), got \(3, 256\)"),
     ("zaya_router", 4, lambda a: None, r"eda_scale is required when r_prev is given"),
-    ("zaya_router", 10, lambda a: a[10][:, :8], r"out_w must have shape \(17, 32\), got \(17, 8\)"),
+    ("zaya_router", 10, lambda a: a[10][:, :8], r"out_w must have shape \(17, 256\), got \(17, 8\)"),
     ("moe_align", 0, lambda a: a[0].long(), r"ids must be torch\.int32, got torch\.int64"),
     ("moe_align", 2, lambda a: 0, r"block_m must be >= 1, got 0"),
     ("grouped_gemm", 1, lambda a: a[1][:, :, :8], r"w must be \[E, N, K=32\], got \(3, 16, 8\)"),
@@ -115,6 +115,18 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("op,index,mutate,message", BAD_INPUTS, ids=[f"{b[0]}-{b[3][:24]}" for b in BAD_INPUTS])
 def test_bad_input_error_names_the_argument(op, index, mutate, message):
     args, _ = sample(op)
+    bad = _replace(args, index, mutate(args))
+    with pytest.raises(RuntimeError, match=message):
+        getattr(ops, op)(*bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op,index,mutate,message",
+                         [b for b in BAD_INPUTS if b[0] not in ops.DEVICE_PLACEHOLDERS],
+                         ids=[f"{b[0]}-{b[3][:24]}" for b in BAD_INPUTS if b[0] not in ops.DEVICE_PLACEHOLDERS])
+def test_bad_input_error_names_the_argument_on_gpu(op, index, mutate, message):
+    """The C++ launchers' checks: the same words as the CPU kernels', and a RuntimeError, never a crash."""
+    args, _ = sample(op, device="cuda")
     bad = _replace(args, index, mutate(args))
     with pytest.raises(RuntimeError, match=message):
         getattr(ops, op)(*bad)

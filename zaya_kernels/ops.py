@@ -316,7 +316,11 @@ def zaya_router(x: Tensor, r_prev: Tensor | None, down_w: Tensor, down_b: Tensor
                 balancing_bias: Tensor, eps: float = 1e-5, *,
                 out: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The fused ZAYA1 router. x [T, H] bf16, r_prev [T, R] bf16 or None (first MoE layer) ->
-    (weights [T, 1] fp32, ids [T, 1] int32 with the skip route = E' - 1, r_out [T, R] bf16)."""
+    (weights [T, 1] fp32, ids [T, 1] int32 with the skip route = E' - 1, r_out [T, R] bf16).
+    A token whose x (or r_prev) row holds a NaN or an infinity gets id 0 and weight NaN (its RMSNorm,
+    hence every logit, is NaN; the lowest index wins among the all -inf scores); its r_out row carries
+    the non-finite values. The CUDA kernel takes every parameter in bf16 (balancing_bias fp32), R = 256,
+    H a multiple of 512 up to 2048, E' <= 32."""
     return _call("zaya_router", (x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
                                  balancing_bias, eps), out)
 

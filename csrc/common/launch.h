@@ -13,5 +13,7 @@ namespace zk {
 using StreamHandle = void*;
 
 const char* launch_topk_gating(const TopkGatingParams& params, StreamHandle stream);
+const char* launch_moe_align(const MoeAlignParams& params, StreamHandle stream);
+const char* launch_zaya_router(const ZayaRouterParams& params, StreamHandle stream);
 
 }  // namespace zk

@@ -31,4 +31,83 @@ struct TopkGatingParams {
 constexpr int kTopkMaxExperts = 256;
 constexpr int kTopkMaxK = 8;
 
+// moe_align: counting sort of the T*k (token, slot) pairs by expert, each expert's segment padded to
+// block_m (the contract of zaya::moe_align, mirrored by reference.moe_align). Pairs of one expert keep
+// ascending pair order; ids outside [0, E) belong to no expert. Every output element is written.
+struct MoeAlignParams {
+  const int32_t* ids;          // [T, k] int32, last dim contiguous
+  int64_t ids_row_stride;      // elements between token rows of ids
+  int32_t* sorted_token_ids;   // [capacity] int32: pair index t*k + j, padding = T*k
+  int32_t* block_expert_ids;   // [num_blocks] int32: expert of each block_m rows, -1 past num_padded
+  int32_t* expert_offsets;     // [E + 1] int32: padded segment starts, offsets[E] = num_padded
+  int32_t* num_padded;         // [1] int32
+  int32_t* chunk_counts;       // [num_chunks, E] int32 workspace when num_chunks > 1, else nullptr
+  int32_t num_tokens;          // T
+  int32_t k;                   // slots per token
+  int32_t num_experts;         // E, 1..kAlignMaxExperts
+  int32_t block_m;             // >= 1
+  int32_t capacity;            // T*k + E*(block_m - 1), fits int32 (the launcher checks)
+  int32_t num_blocks;          // ceil(capacity / block_m)
+  int32_t num_chunks;          // ceil(T*k / kAlignPairsPerChunk), >= 1 (1 for T = 0 too)
+};
+
+// 256 covers every released MoE router (DeepSeek-V3: 256, Qwen3: 128, ZAYA1: 16): the per-warp
+// histograms of one CTA then take 16 warps x 256 x 4 B = 16 KB of shared memory.
+constexpr int kAlignMaxExperts = 256;
+// Pairs sorted by one CTA. 8192 keeps ZAYA1 prefill up to T = 8192 (k = 1) in one launch; above it a
+// counting launch precedes the sorting one (two ~2 us launches beat one CTA walking 64K pairs twice).
+constexpr int kAlignPairsPerChunk = 8192;
+
+// zaya_router: the whole ZAYA1 router (ZAYA1_ARCHITECTURE.md §5.1-5.2) with the numerics of
+// reference.zaya_router: fp32 accumulation; r fp32 into the RMSNorm and rounded to bf16 only when
+// stored; n, h1, h2 rounded to bf16 as the MLP's matmul inputs; exact-erf GELU; fp32 softmax over the
+// E' routes; top-1 of (p + balancing_bias), the lower index winning ties; weight = unbiased p.
+enum class ZayaRouterVariant : int32_t {
+  // T <= kRouterClusterMaxTokens: one cluster of kRouterClusterSize CTAs per group of up to 64 tokens,
+  // the down-projection split over K across the cluster, partial sums and the 256-wide rows exchanged
+  // through distributed shared memory (mma.sync). Spreads W_down's 1 MB over 8 SMs per group.
+  kCluster = 0,
+  // Larger T: persistent CTA pairs, each CTA 128 tokens x all 256 outputs (wgmma), every weight tile
+  // TMA-multicast to both CTAs of the pair, the MLP fused on the register-resident rows.
+  kTile = 1,
+};
+
+struct ZayaRouterParams {
+  const uint16_t* x;            // [T, H] bf16 bits, row stride x_row_stride (16-byte aligned rows)
+  int64_t x_row_stride;         // elements
+  const uint16_t* r_prev;       // [T, R] bf16, row stride r_prev_row_stride; nullptr: first MoE layer
+  int64_t r_prev_row_stride;
+  const uint16_t* down_w;       // [R, H] bf16, contiguous
+  const uint16_t* down_b;       // [R] bf16
+  const uint16_t* eda_scale;    // [R] bf16, or nullptr (then r_prev is nullptr too)
+  const uint16_t* norm_w;       // [R] bf16
+  const uint16_t* fc1_w;        // [R, R] bf16, contiguous
+  const uint16_t* fc1_b;        // [R] bf16
+  const uint16_t* fc2_w;        // [R, R] bf16, contiguous
+  const uint16_t* fc2_b;        // [R] bf16
+  const uint16_t* out_w;        // [E', R] bf16, contiguous
+  const float* balancing_bias;  // [E'] fp32
+  float* weights;               // [T, 1] fp32, row stride weights_row_stride
+  int64_t weights_row_stride;
+  int32_t* ids;                 // [T, 1] int32, row stride ids_row_stride
+  int64_t ids_row_stride;
+  uint16_t* r_out;              // [T, R] bf16, row stride r_out_row_stride
+  int64_t r_out_row_stride;
+  int64_t num_tokens;           // T >= 1
+  int32_t hidden;               // H: a multiple of kRouterHiddenStep, at most kRouterMaxHidden
+  int32_t num_routes;           // E' = experts + skip route, 2..kRouterMaxRoutes; the skip route is E' - 1
+  float eps;                    // RMSNorm epsilon
+  ZayaRouterVariant variant;
+};
+
+constexpr int kRouterWidth = 256;        // R: every kernel holds one full 256-wide row per token
+constexpr int kRouterMaxRoutes = 32;     // E' <= 32: the logits are one 32-column MMA tile
+constexpr int kRouterHiddenStep = 512;   // H splits into 8 cluster slices of whole 64-wide TMA boxes
+constexpr int kRouterMaxHidden = 2048;   // ZAYA1's H; the cluster variant's shared memory is sized for it
+constexpr int kRouterClusterSize = 8;    // portable cluster size: 16 clusters of 8 fill 128 of 132 SMs
+// Crossover between the variants (bench/results/h200/route.json, rows zaya_cluster / zaya_tile):
+// T = 1024: cluster 49.7 us, tile 56.7 us; T = 4096: cluster 129 us, tile 56.9 us. Above 1024 tokens
+// the cluster variant needs a second wave of clusters (~50 us each) while one tile wave holds 16K tokens.
+constexpr int64_t kRouterClusterMaxTokens = 1024;
+
 }  // namespace zk

@@ -20,16 +20,16 @@ void topk_gating_out(const at::Tensor& logits,  // [T, E'] bf16 | fp32
                      at::Tensor& weights,  // [T, k] fp32
                      at::Tensor& ids) {    // [T, k] int32
   check_dim(kOp, "logits", logits, 2);
-  TORCH_CHECK(logits.scalar_type() == at::kBFloat16 || logits.scalar_type() == at::kFloat, kOp,
+  ZK_CHECK(logits.scalar_type() == at::kBFloat16 || logits.scalar_type() == at::kFloat, kOp,
               ": logits must be bfloat16 or float32, got ", logits.scalar_type());
   check_last_dim_contiguous(kOp, "logits", logits);
   const int64_t num_tokens = logits.size(0);
   const int64_t num_experts = logits.size(1);
-  TORCH_CHECK(num_experts >= 1 && num_experts <= kTopkMaxExperts, kOp, ": logits must have 1..", kTopkMaxExperts,
+  ZK_CHECK(num_experts >= 1 && num_experts <= kTopkMaxExperts, kOp, ": logits must have 1..", kTopkMaxExperts,
               " columns, got ", num_experts);
-  TORCH_CHECK(k >= 1 && k <= kTopkMaxK && k <= num_experts, kOp, ": k must be in 1..min(", kTopkMaxK,
+  ZK_CHECK(k >= 1 && k <= kTopkMaxK && k <= num_experts, kOp, ": k must be in 1..min(", kTopkMaxK,
               ", E'=", num_experts, "), got ", k);
-  TORCH_CHECK(skip_index >= -1 && skip_index < num_experts, kOp, ": skip_index must be -1 or in [0, ", num_experts,
+  ZK_CHECK(skip_index >= -1 && skip_index < num_experts, kOp, ": skip_index must be -1 or in [0, ", num_experts,
               "), got ", skip_index);
   if (bias.has_value()) {
     check_same_device(kOp, "bias", *bias, logits);

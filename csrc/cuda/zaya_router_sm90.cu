@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: Apache-2.0
+// zaya_router_sm90.cu: host side of the sm_90a router: tensor maps, launch shapes, and the launch of
+// the variant the host launcher chose (ZayaRouterParams::variant; see csrc/common/params.h):
+//   kCluster (zaya_router_sm90_cluster.cuh): clusters of 8 CTAs, K split, DSMEM exchange, mma.sync;
+//   kTile    (zaya_router_sm90_tile.cuh):    persistent CTA pairs, 128 tokens each, TMA multicast, wgmma.
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <mutex>
+
+#include "../common/launch.h"
+#include "zaya_router_sm90_cluster.cuh"
+#include "zaya_router_sm90_tile.cuh"
+
+namespace zk {
+namespace {
+
+using sm90::RouterTensorMaps;
+
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// cuTensorMapEncodeTiled from the driver, through the runtime (no link against libcuda).
+EncodeTiledFn encode_tiled() {
+  static EncodeTiledFn fn = nullptr;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* address = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &address, 12000, cudaEnableDefault, &found) ==
+            cudaSuccess &&
+        found == cudaDriverEntryPointSuccess) {
+      fn = reinterpret_cast<EncodeTiledFn>(address);
+    }
+  });
+  return fn;
+}
+
+// [rows, cols] bf16 with contiguous columns and `row_stride` elements between rows, read in boxes of
+// [box_rows, 64] with 128-byte swizzling; out-of-range rows/columns read as zeros.
+bool encode_bf16_map(CUtensorMap* map, const void* base, int64_t rows, int64_t cols, int64_t row_stride,
+                     int box_rows) {
+  const EncodeTiledFn encode = encode_tiled();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(row_stride) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides, box,
+                element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+bool encode_maps(RouterTensorMaps* maps, const ZayaRouterParams& p, int x_box_rows, int fc_box_rows) {
+  return encode_bf16_map(&maps->x, p.x, p.num_tokens, p.hidden, p.x_row_stride, x_box_rows) &&
+         encode_bf16_map(&maps->down_w, p.down_w, kRouterWidth, p.hidden, p.hidden, 128) &&
+         encode_bf16_map(&maps->fc1_w, p.fc1_w, kRouterWidth, kRouterWidth, kRouterWidth, fc_box_rows) &&
+         encode_bf16_map(&maps->fc2_w, p.fc2_w, kRouterWidth, kRouterWidth, kRouterWidth, fc_box_rows) &&
+         encode_bf16_map(&maps->out_w, p.out_w, p.num_routes, kRouterWidth, kRouterWidth, kRouterMaxRoutes);
+}
+
+// Dynamic shared memory above 48 KB must be allowed per kernel and device, once (one instantiation,
+// hence one flag table, per kernel).
+template <auto kKernel>
+cudaError_t allow_smem(int bytes) {
+  constexpr int kMaxDevices = 64;
+  static bool done[kMaxDevices] = {};
+  static std::mutex mutex;
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (device < kMaxDevices && done[device]) return cudaSuccess;
+  err = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (err == cudaSuccess && device < kMaxDevices) done[device] = true;
+  return err;
+}
+
+// Clusters of 2 tile CTAs that fit on the device at once (66 on a 132-SM H200), per device, once.
+int tile_cluster_slots() {
+  constexpr int kMaxDevices = 64;
+  static int slots[kMaxDevices] = {};
+  static std::mutex mutex;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 1;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (device < kMaxDevices && slots[device] > 0) return slots[device];
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(2 * 1024, 1, 1);
+  config.blockDim = dim3(sm90::kTileThreads, 1, 1);
+  config.dynamicSmemBytes = sm90::kTileSmemBytes;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, sm90::zaya_router_tile_kernel, &config) != cudaSuccess ||
+      clusters < 1) {
+    cudaGetLastError();  // clear the sticky-free error of the query; fall back to one cluster per SM pair
+    int sms = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    clusters = std::max(1, sms / 2);
+  }
+  if (device < kMaxDevices) slots[device] = clusters;
+  return clusters;
+}
+
+template <int kRows>
+const char* launch_cluster_variant(const ZayaRouterParams& p, cudaStream_t stream) {
+  RouterTensorMaps maps;
+  if (!encode_maps(&maps, p, kRows, sm90::kClusterFcRows)) return "cuTensorMapEncodeTiled failed (router tensor maps)";
+  constexpr int kSmem = sm90::cluster_smem_bytes<kRows>();
+  const cudaError_t err = allow_smem<sm90::zaya_router_cluster_kernel<kRows>>(kSmem);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  const int64_t groups = (p.num_tokens + kRows - 1) / kRows;
+  sm90::zaya_router_cluster_kernel<kRows>
+      <<<static_cast<unsigned>(groups * kRouterClusterSize), sm90::kClusterThreads, kSmem, stream>>>(maps, p);
+  return last_launch_error();
+}
+
+const char* launch_tile_variant(const ZayaRouterParams& p, cudaStream_t stream) {
+  RouterTensorMaps maps;
+  if (!encode_maps(&maps, p, sm90::kTileRows, sm90::kFcChunkRows)) {
+    return "cuTensorMapEncodeTiled failed (router tensor maps)";
+  }
+  const cudaError_t err = allow_smem<sm90::zaya_router_tile_kernel>(sm90::kTileSmemBytes);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  const int64_t tiles = (p.num_tokens + sm90::kTileRows - 1) / sm90::kTileRows;
+  const int64_t pairs = (tiles + 1) / 2;
+  const int clusters = static_cast<int>(std::min<int64_t>(pairs, tile_cluster_slots()));
+  sm90::zaya_router_tile_kernel<<<clusters * sm90::kTileClusterSize, sm90::kTileThreads, sm90::kTileSmemBytes,
+                                  stream>>>(maps, p);
+  return last_launch_error();
+}
+
+}  // namespace
+
+const char* launch_zaya_router(const ZayaRouterParams& params, StreamHandle stream_handle) {
+  const cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
+  if (params.variant == ZayaRouterVariant::kTile) return launch_tile_variant(params, stream);
+  // Tokens per cluster: the fewest rows (least MMA work per CTA) that keep the groups within 16
+  // clusters = 128 SMs, i.e. one wave on the 132-SM H200 (16 x 8 CTAs fit, one CTA per SM).
+  constexpr int64_t kClustersPerWave = 16;
+  if (params.num_tokens <= 16 * kClustersPerWave) return launch_cluster_variant<16>(params, stream);
+  if (params.num_tokens <= 32 * kClustersPerWave) return launch_cluster_variant<32>(params, stream);
+  return launch_cluster_variant<64>(params, stream);
+}
+
+}  // namespace zk

@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: Apache-2.0
+// zaya_router_sm90_load.cuh: the data-movement side of the sm_90a router kernels: mbarriers, TMA tile
+// loads (plain and multicast to a cluster), thread-block-cluster barriers and distributed shared
+// memory (DSMEM) access. Thin inline-PTX wrappers; every shared-memory address is a 32-bit
+// shared::cta address (what __cvta_generic_to_shared returns).
+#pragma once
+
+#include <cuda.h>  // CUtensorMap (the type only; tensor maps are encoded on the host)
+#include <stdint.h>
+
+#include "../common/compat.h"
+
+namespace zk {
+namespace sm90 {
+
+ZK_DEVICE uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+// ---- mbarrier -------------------------------------------------------------------------------------
+
+ZK_DEVICE void mbar_init(uint32_t bar, uint32_t arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(arrivals) : "memory");
+}
+
+// Makes the initialised barriers visible to the async proxy (TMA) and to the other CTAs of the cluster.
+ZK_DEVICE void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+
+// Arrive once and add `bytes` to the transaction count the current phase waits for.
+ZK_DEVICE void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+// Arrive on the barrier at the same shared-memory offset in CTA `cta_rank` of the cluster (itself too).
+// Default (.release.cta) semantics, as CUTLASS's ClusterBarrier: the arrival only says "done reading";
+// an explicit .release.cluster would put a MEMBAR.ALL.GPU before every arrival (seen in the SASS).
+ZK_DEVICE void mbar_arrive_cluster(uint32_t bar, uint32_t cta_rank) {
+  asm volatile(
+      "{\n .reg .b32 remote;\n mapa.shared::cluster.u32 remote, %0, %1;\n"
+      " mbarrier.arrive.shared::cluster.b64 _, [remote];\n}" ::"r"(bar),
+      "r"(cta_rank)
+      : "memory");
+}
+
+// Default (.acquire.cta) semantics: TMA data is visible once its complete_tx has landed; a
+// .acquire.cluster wait would invalidate L1 (CCTL.IVALL) after every wait.
+ZK_DEVICE bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      " selp.u32 %0, 1, 0, p;\n}"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+
+// Wait until the phase of the given parity has completed.
+ZK_DEVICE void mbar_wait(uint32_t bar, uint32_t parity) {
+  while (!mbar_try_wait(bar, parity)) {
+  }
+}
+
+// ---- TMA ------------------------------------------------------------------------------------------
+
+ZK_DEVICE void tma_prefetch_descriptor(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+// Box at (inner, outer) element coordinates of a 2-D tensor map into this CTA's shared memory; the
+// barrier's transaction count drops by the box's bytes (out-of-bounds rows arrive as zeros, counted).
+ZK_DEVICE void tma_load_2d(uint32_t dst, const CUtensorMap* map, int32_t inner, int32_t outer, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(inner), "r"(outer), "r"(bar)
+      : "memory");
+}
+
+// The same box written to the same offset in every CTA of `cta_mask` (bit i = cluster rank i), each
+// destination's barrier (same offset) receiving the bytes.
+ZK_DEVICE void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int32_t inner, int32_t outer,
+                                     uint32_t bar, uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(inner), "r"(outer), "r"(bar), "h"(cta_mask)
+      : "memory");
+}
+
+// Byte offset of element (row, col) of a [rows x 64] bf16 box stored by TMA with 128-byte swizzling:
+// 128-byte rows whose 16-byte chunks are permuted by XOR with (row % 8). The box must start on a
+// 1024-byte boundary.
+ZK_HOST_DEVICE uint32_t swizzle128_offset(uint32_t row, uint32_t col) {
+  return row * 128u + ((((col >> 3) ^ row) & 7u) << 4) + (col & 7u) * 2u;
+}
+
+// ---- clusters and distributed shared memory -------------------------------------------------------
+
+ZK_DEVICE uint32_t cluster_cta_rank() {
+  uint32_t rank;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+  return rank;
+}
+
+ZK_DEVICE uint32_t cluster_id_x() {
+  uint32_t id;
+  asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(id));
+  return id;
+}
+
+ZK_DEVICE uint32_t cluster_count_x() {
+  uint32_t n;
+  asm volatile("mov.u32 %0, %%nclusterid.x;" : "=r"(n));
+  return n;
+}
+
+// Every thread of every CTA of the cluster: release this thread's prior memory operations (local and
+// remote shared memory) to the cluster, then wait for all and acquire theirs.
+ZK_DEVICE void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// Address of the same shared-memory offset in CTA `cta_rank` of the cluster.
+ZK_DEVICE uint32_t dsmem_map(uint32_t local, uint32_t cta_rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(cta_rank));
+  return remote;
+}
+
+ZK_DEVICE float4 dsmem_load_f32x4(uint32_t remote) {
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(remote)
+               : "memory");
+  return v;
+}
+
+ZK_DEVICE void dsmem_store_f32(uint32_t remote, float v) {
+  asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(v) : "memory");
+}
+
+}  // namespace sm90
+}  // namespace zk

@@ -1,0 +1,12 @@
+// SPDX-License-Identifier: Apache-2.0
+// HIP translation unit of the portable moe_align kernels (common/moe_align.cuh), wave 64.
+#include "../common/moe_align.cuh"
+
+namespace zk {
+
+const char* launch_moe_align(const MoeAlignParams& params, StreamHandle stream) {
+  moe_align_launch(params, static_cast<stream_t>(stream));
+  return last_launch_error();
+}
+
+}  // namespace zk

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: Apache-2.0
+// Host launcher of zaya::moe_align: check tensors, fill MoeAlignParams, launch on the current stream.
+// Backend-neutral (hipify maps the c10::cuda calls on ROCm). No host sync: every size is static.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "../common/launch.h"
+#include "checks.h"
+
+namespace zk {
+namespace {
+
+constexpr const char* kOp = "zaya::moe_align";
+
+int64_t align_capacity(int64_t num_pairs, int64_t num_experts, int64_t block_m) {
+  return num_pairs + num_experts * (block_m - 1);
+}
+
+void moe_align_out(const at::Tensor& ids,  // [T, k] int32
+                   int64_t num_experts, int64_t block_m,
+                   at::Tensor& sorted_token_ids,  // [T*k + E*(block_m-1)] int32
+                   at::Tensor& block_expert_ids,  // [ceil(capacity / block_m)] int32
+                   at::Tensor& expert_offsets,    // [E+1] int32
+                   at::Tensor& num_padded) {      // [1] int32
+  check_dim(kOp, "ids", ids, 2);
+  check_dtype(kOp, "ids", ids, at::kInt);
+  check_last_dim_contiguous(kOp, "ids", ids);
+  ZK_CHECK(num_experts >= 1 && num_experts <= kAlignMaxExperts, kOp, ": num_experts must be in 1..",
+              kAlignMaxExperts, ", got ", num_experts);
+  ZK_CHECK(block_m >= 1, kOp, ": block_m must be >= 1, got ", block_m);
+  const int64_t num_tokens = ids.size(0);
+  const int64_t num_pairs = ids.numel();
+  // int32 slots: the capacity, one more block_m (the last block's first row) and one more chunk (the
+  // kernel's chunk-relative indices) must all stay below 2^31.
+  ZK_CHECK(num_pairs < std::numeric_limits<int32_t>::max() / 2 && block_m < std::numeric_limits<int32_t>::max() / 4 &&
+                  align_capacity(num_pairs, num_experts, block_m) + block_m + kAlignPairsPerChunk <
+                      std::numeric_limits<int32_t>::max(),
+              kOp, ": T*k + E*(block_m-1) must fit int32, got T*k=", num_pairs, ", E=", num_experts, ", block_m=",
+              block_m);
+  const int64_t capacity = align_capacity(num_pairs, num_experts, block_m);
+  const int64_t num_blocks = (capacity + block_m - 1) / block_m;
+  check_same_device(kOp, "sorted_token_ids", sorted_token_ids, ids);
+  check_dtype(kOp, "sorted_token_ids", sorted_token_ids, at::kInt);
+  check_shape(kOp, "sorted_token_ids", sorted_token_ids, {capacity});
+  check_contiguous(kOp, "sorted_token_ids", sorted_token_ids);
+  check_same_device(kOp, "block_expert_ids", block_expert_ids, ids);
+  check_dtype(kOp, "block_expert_ids", block_expert_ids, at::kInt);
+  check_shape(kOp, "block_expert_ids", block_expert_ids, {num_blocks});
+  check_contiguous(kOp, "block_expert_ids", block_expert_ids);
+  check_same_device(kOp, "expert_offsets", expert_offsets, ids);
+  check_dtype(kOp, "expert_offsets", expert_offsets, at::kInt);
+  check_shape(kOp, "expert_offsets", expert_offsets, {num_experts + 1});
+  check_contiguous(kOp, "expert_offsets", expert_offsets);
+  check_same_device(kOp, "num_padded", num_padded, ids);
+  check_dtype(kOp, "num_padded", num_padded, at::kInt);
+  check_shape(kOp, "num_padded", num_padded, {1});
+
+  const c10::cuda::CUDAGuard device_guard(ids.device());
+  const int64_t num_chunks = std::max<int64_t>(1, (num_pairs + kAlignPairsPerChunk - 1) / kAlignPairsPerChunk);
+  // [num_chunks, E] int32 chunk totals, only when a counting launch precedes the sorting one.
+  at::Tensor chunk_counts;
+  if (num_chunks > 1) chunk_counts = at::empty({num_chunks, num_experts}, ids.options());
+
+  MoeAlignParams params{};
+  params.ids = ids.data_ptr<int32_t>();
+  params.ids_row_stride = ids.stride(0);
+  params.sorted_token_ids = sorted_token_ids.data_ptr<int32_t>();
+  params.block_expert_ids = block_expert_ids.data_ptr<int32_t>();
+  params.expert_offsets = expert_offsets.data_ptr<int32_t>();
+  params.num_padded = num_padded.data_ptr<int32_t>();
+  params.chunk_counts = num_chunks > 1 ? chunk_counts.data_ptr<int32_t>() : nullptr;
+  params.num_tokens = static_cast<int32_t>(num_tokens);
+  params.k = static_cast<int32_t>(ids.size(1));
+  params.num_experts = static_cast<int32_t>(num_experts);
+  params.block_m = static_cast<int32_t>(block_m);
+  params.capacity = static_cast<int32_t>(capacity);
+  params.num_blocks = static_cast<int32_t>(num_blocks);
+  params.num_chunks = static_cast<int32_t>(num_chunks);
+  check_launch(kOp, launch_moe_align(params, c10::cuda::getCurrentCUDAStream().stream()));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_align(const at::Tensor& ids, int64_t num_experts,
+                                                                     int64_t block_m) {
+  // Sizes for the allocation only; a bad argument is reported by the out form's checks.
+  const int64_t experts = std::max<int64_t>(num_experts, 1);
+  const int64_t bm = std::max<int64_t>(block_m, 1);
+  const int64_t capacity = align_capacity(ids.numel(), experts, bm);
+  const auto options = ids.options().dtype(at::kInt);
+  at::Tensor sorted_token_ids = at::empty({capacity}, options);
+  at::Tensor block_expert_ids = at::empty({(capacity + bm - 1) / bm}, options);
+  at::Tensor expert_offsets = at::empty({experts + 1}, options);
+  at::Tensor num_padded = at::empty({1}, options);
+  moe_align_out(ids, num_experts, block_m, sorted_token_ids, block_expert_ids, expert_offsets, num_padded);
+  return {sorted_token_ids, block_expert_ids, expert_offsets, num_padded};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(zaya, CUDA, m) {
+  m.impl("moe_align", &moe_align);
+  m.impl("moe_align.out", &moe_align_out);
+}
+
+}  // namespace zk

@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: Apache-2.0
+// Host launcher of zaya::zaya_router: check tensors, fill ZayaRouterParams, choose the variant by T,
+// launch on the current stream. The kernel path takes the router exactly as ZAYA1 stores it: every
+// weight and vector bf16 (balancing_bias fp32), R = 256, H a multiple of 512 up to 2048, E' <= 32.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "../common/launch.h"
+#include "checks.h"
+
+namespace zk {
+namespace {
+
+constexpr const char* kOp = "zaya::zaya_router";
+
+void check_param(const char* name, const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype,
+                 std::vector<int64_t> shape) {
+  check_same_device(kOp, name, t, x);
+  ZK_CHECK(t.scalar_type() == dtype, kOp, ": ", name, " must be ", dtype,
+              " (the kernel takes the router's parameters as stored), got ", t.scalar_type());
+  check_shape(kOp, name, t, std::move(shape));
+  check_contiguous(kOp, name, t);
+  ZK_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, kOp, ": ", name,
+              " must start on a 16-byte boundary (TMA), got address ", t.data_ptr());
+}
+
+// Row-major [T, C] activations with 16-byte aligned rows: contiguous last dim, row stride a multiple of 8.
+void check_rows(const char* name, const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype,
+                std::vector<int64_t> shape) {
+  check_same_device(kOp, name, t, x);
+  check_dtype(kOp, name, t, dtype);
+  check_shape(kOp, name, t, std::move(shape));
+  check_last_dim_contiguous(kOp, name, t);
+  ZK_CHECK(t.size(0) <= 1 || t.stride(0) % 8 == 0, kOp, ": ", name,
+              " rows must be 16-byte aligned (row stride a multiple of 8 elements), got strides ",
+              shape_str(t.strides()));
+  ZK_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, kOp, ": ", name,
+              " must start on a 16-byte boundary, got address ", t.data_ptr());
+}
+
+// Variant by token count; ZAYA_ROUTER_VARIANT=cluster|tile forces one (benchmarks measure the crossover).
+ZayaRouterVariant choose_variant(int64_t num_tokens) {
+  if (const char* forced = std::getenv("ZAYA_ROUTER_VARIANT")) {
+    if (std::strcmp(forced, "cluster") == 0) return ZayaRouterVariant::kCluster;
+    if (std::strcmp(forced, "tile") == 0) return ZayaRouterVariant::kTile;
+    ZK_CHECK(forced[0] == '\0', kOp, ": ZAYA_ROUTER_VARIANT must be 'cluster', 'tile' or unset, got '", forced, "'");
+  }
+  return num_tokens <= kRouterClusterMaxTokens ? ZayaRouterVariant::kCluster : ZayaRouterVariant::kTile;
+}
+
+void zaya_router_out(const at::Tensor& x,                     // [T, H] bf16
+                     const std::optional<at::Tensor>& r_prev,  // [T, R] bf16
+                     const at::Tensor& down_w,                // [R, H] bf16
+                     const at::Tensor& down_b,                // [R] bf16
+                     const std::optional<at::Tensor>& eda_scale,  // [R] bf16
+                     const at::Tensor& norm_w,                // [R] bf16
+                     const at::Tensor& fc1_w,                 // [R, R] bf16
+                     const at::Tensor& fc1_b,                 // [R] bf16
+                     const at::Tensor& fc2_w,                 // [R, R] bf16
+                     const at::Tensor& fc2_b,                 // [R] bf16
+                     const at::Tensor& out_w,                 // [E', R] bf16
+                     const at::Tensor& balancing_bias,        // [E'] fp32
+                     double eps,
+                     at::Tensor& weights,                     // [T, 1] fp32
+                     at::Tensor& ids,                         // [T, 1] int32
+                     at::Tensor& r_out) {                     // [T, R] bf16
+  check_dim(kOp, "x", x, 2);
+  check_dim(kOp, "down_w", down_w, 2);
+  check_dim(kOp, "out_w", out_w, 2);
+  const int64_t num_tokens = x.size(0);
+  const int64_t hidden = x.size(1);
+  const int64_t routes = out_w.size(0);
+  ZK_CHECK(down_w.size(0) == kRouterWidth, kOp, ": the kernel needs the router width R = ", kRouterWidth,
+              " (down_w [R, H]), got down_w of shape ", shape_str(down_w.sizes()));
+  ZK_CHECK(hidden % kRouterHiddenStep == 0 && hidden >= kRouterHiddenStep && hidden <= kRouterMaxHidden, kOp,
+              ": the kernel needs H (x.size(1)) a multiple of ", kRouterHiddenStep, " in [", kRouterHiddenStep,
+              ", ", kRouterMaxHidden, "], got ", hidden);
+  ZK_CHECK(routes >= 2 && routes <= kRouterMaxRoutes, kOp, ": out_w must have 2..", kRouterMaxRoutes,
+              " rows (experts + skip route), got ", routes);
+  check_rows("x", x, x, at::kBFloat16, {num_tokens, hidden});
+  check_param("down_w", down_w, x, at::kBFloat16, {kRouterWidth, hidden});
+  check_param("down_b", down_b, x, at::kBFloat16, {kRouterWidth});
+  check_param("norm_w", norm_w, x, at::kBFloat16, {kRouterWidth});
+  check_param("fc1_w", fc1_w, x, at::kBFloat16, {kRouterWidth, kRouterWidth});
+  check_param("fc1_b", fc1_b, x, at::kBFloat16, {kRouterWidth});
+  check_param("fc2_w", fc2_w, x, at::kBFloat16, {kRouterWidth, kRouterWidth});
+  check_param("fc2_b", fc2_b, x, at::kBFloat16, {kRouterWidth});
+  check_param("out_w", out_w, x, at::kBFloat16, {routes, kRouterWidth});
+  check_param("balancing_bias", balancing_bias, x, at::kFloat, {routes});
+  if (r_prev.has_value()) {
+    check_rows("r_prev", *r_prev, x, at::kBFloat16, {num_tokens, kRouterWidth});
+    ZK_CHECK(eda_scale.has_value(), kOp, ": eda_scale is required when r_prev is given");
+  }
+  if (eda_scale.has_value()) check_param("eda_scale", *eda_scale, x, at::kBFloat16, {kRouterWidth});
+  check_same_device(kOp, "weights", weights, x);
+  check_dtype(kOp, "weights", weights, at::kFloat);
+  check_shape(kOp, "weights", weights, {num_tokens, 1});
+  check_same_device(kOp, "ids", ids, x);
+  check_dtype(kOp, "ids", ids, at::kInt);
+  check_shape(kOp, "ids", ids, {num_tokens, 1});
+  check_rows("r_out", r_out, x, at::kBFloat16, {num_tokens, kRouterWidth});
+  if (num_tokens == 0) return;
+
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  auto bf16 = [](const at::Tensor& t) { return static_cast<const uint16_t*>(t.data_ptr()); };
+  ZayaRouterParams params{};
+  params.x = bf16(x);
+  params.x_row_stride = x.stride(0);
+  params.r_prev = r_prev.has_value() ? bf16(*r_prev) : nullptr;
+  params.r_prev_row_stride = r_prev.has_value() ? r_prev->stride(0) : 0;
+  params.down_w = bf16(down_w);
+  params.down_b = bf16(down_b);
+  params.eda_scale = r_prev.has_value() ? bf16(*eda_scale) : nullptr;  // no EDA term without r_prev
+  params.norm_w = bf16(norm_w);
+  params.fc1_w = bf16(fc1_w);
+  params.fc1_b = bf16(fc1_b);
+  params.fc2_w = bf16(fc2_w);
+  params.fc2_b = bf16(fc2_b);
+  params.out_w = bf16(out_w);
+  params.balancing_bias = balancing_bias.data_ptr<float>();
+  params.weights = weights.data_ptr<float>();
+  params.weights_row_stride = weights.stride(0);
+  params.ids = ids.data_ptr<int32_t>();
+  params.ids_row_stride = ids.stride(0);
+  params.r_out = static_cast<uint16_t*>(r_out.data_ptr());
+  params.r_out_row_stride = r_out.stride(0);
+  params.num_tokens = num_tokens;
+  params.hidden = static_cast<int32_t>(hidden);
+  params.num_routes = static_cast<int32_t>(routes);
+  params.eps = static_cast<float>(eps);
+  params.variant = choose_variant(num_tokens);
+  check_launch(kOp, launch_zaya_router(params, c10::cuda::getCurrentCUDAStream().stream()));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> zaya_router(
+    const at::Tensor& x, const std::optional<at::Tensor>& r_prev, const at::Tensor& down_w, const at::Tensor& down_b,
+    const std::optional<at::Tensor>& eda_scale, const at::Tensor& norm_w, const at::Tensor& fc1_w,
+    const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b, const at::Tensor& out_w,
+    const at::Tensor& balancing_bias, double eps) {
+  const int64_t num_tokens = x.dim() > 0 ? x.size(0) : 0;
+  const int64_t width = down_w.dim() > 0 ? down_w.size(0) : 0;  // a bad shape is reported by the out form
+  at::Tensor weights = at::empty({num_tokens, 1}, x.options().dtype(at::kFloat));
+  at::Tensor ids = at::empty({num_tokens, 1}, x.options().dtype(at::kInt));
+  at::Tensor r_out = at::empty({num_tokens, width}, x.options().dtype(at::kBFloat16));
+  zaya_router_out(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias, eps,
+                  weights, ids, r_out);
+  return {weights, ids, r_out};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(zaya, CUDA, m) {
+  m.impl("zaya_router", &zaya_router);
+  m.impl("zaya_router.out", &zaya_router_out);
+}
+
+}  // namespace zk
