@@ -16,7 +16,8 @@ stage() { echo "=== $1 ($(date +%T))" | tee -a "$LOG"; }
 run() { "$@" >> "$LOG" 2>&1 || { echo "FAILED ($?): $*" | tee -a "$LOG"; status=1; }; }
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader | tee -a "$LOG"
-for arg in "${@:-build test}"; do
+[ $# -gt 0 ] || set -- build test
+for arg in "$@"; do
   case $arg in
     build)
       stage build
