@@ -217,11 +217,13 @@ def test_moe_sublayer_matches_naive_loops(gen, block):
     eda_in = None if block == 0 else rand_bf16(gen, 48, cfg.router_width)
     out, _, recorder = run_moe(model, block, x, eda_in, model.ops)
     ref, ref_ids, ref_weights = naive_moe(moe, cfg, x, eda_in, cfg.skip_mode)
-    low, _, _ = naive_moe(moe, cfg, x, eda_in, cfg.skip_mode, torch.bfloat16, routes=ref_ids)
+    low, _, low_weights = naive_moe(moe, cfg, x, eda_in, cfg.skip_mode, torch.bfloat16, routes=ref_ids)
     (_, (weights, ids, _)), = recorder.of("zaya_router")
     assert torch.equal(ids[:, 0], ref_ids), "route ids differ from the naive router"
     assert (ref_ids == cfg.num_experts).any() and len(set(ref_ids.tolist())) >= 3, "test needs skips and experts"
-    torch.testing.assert_close(weights[:, 0].double(), ref_weights, rtol=1e-5, atol=1e-6)
+    # The router rounds n, h1, h2 to bf16 by definition, so an fp32 and an fp64 evaluation differ by
+    # whole bf16 rounding flips (seen: 2.3e-5 relative on the H200 host's CPU BLAS): the §6 rule applies.
+    assert_close_2x(weights[:, 0], ref_weights, low_weights, FLOOR, "router weights")
     assert_close_2x(out, ref, low, FLOOR, "MoE output")
 
 

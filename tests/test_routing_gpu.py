@@ -397,3 +397,51 @@ def test_topk_gating_non_finite_rows(dtype):
     assert ids[:3].tolist() == [[0, 1]] * 3 and torch.isnan(weights[:3]).all()
     assert torch.equal(ids, ref_ids) and torch.isnan(ref_w[:3]).all()
     assert torch.allclose(weights[3:], ref_w[3:], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("tokens", (0, 1, 7, 65536))
+def test_topk_gating_token_counts(tokens, gen):
+    bias = ((torch.rand(17, generator=gen) - 0.5) * 0.02).cuda()
+    logits = separated_logits(tokens, 17, 1, gen, torch.bfloat16, bias)
+    weights = poison_(torch.empty(tokens, 1, device="cuda"))
+    ids = poison_(torch.empty(tokens, 1, dtype=torch.int32, device="cuda"))
+    ops.topk_gating(logits, bias, 1, False, 16, out=(weights, ids))
+    ref_w, ref_ids = reference.topk_gating(logits, bias, 1, False, 16)
+    assert torch.equal(ids, ref_ids)
+    assert (weights - ref_w).abs().max().item() < 1e-6 if tokens else weights.numel() == 0
+
+
+def test_topk_gating_cuda_graph(gen):
+    """Captured once, replayed on new logits: the same results as eager calls on those logits."""
+    bias = ((torch.rand(64, generator=gen) - 0.5) * 0.02).cuda()
+    static_logits = separated_logits(333, 64, 2, gen, torch.float32, bias)
+    weights = torch.empty(333, 2, device="cuda")
+    ids = torch.empty(333, 2, dtype=torch.int32, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        ops.topk_gating(static_logits, bias, 2, True, 63, out=(weights, ids))
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.topk_gating(static_logits, bias, 2, True, 63, out=(weights, ids))
+    for _ in range(2):
+        fresh = separated_logits(333, 64, 2, gen, torch.float32, bias)
+        static_logits.copy_(fresh)
+        poison_(weights), poison_(ids)
+        graph.replay()
+        eager_w, eager_ids = ops.topk_gating(fresh, bias, 2, True, 63)
+        assert torch.equal(ids, eager_ids) and torch.equal(weights, eager_w)
+
+
+def test_topk_gating_torch_compile_fullgraph(gen):
+    bias = ((torch.rand(17, generator=gen) - 0.5) * 0.02).cuda()
+    logits = separated_logits(1000, 17, 2, gen, torch.bfloat16, bias)
+
+    def gate(x):
+        weights, ids = ops.topk_gating(x, bias, 2, True, 16)
+        return weights * 2, ids
+
+    compiled = torch.compile(gate, fullgraph=True)
+    for a, b in zip(compiled(logits), gate(logits)):
+        assert torch.equal(a, b)
