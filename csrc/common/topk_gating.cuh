@@ -15,15 +15,9 @@
 #include "compat.h"
 #include "launch.h"
 #include "params.h"
+#include "route_order.cuh"
 
 namespace zk {
-
-// Order on (score, index) candidates: higher score first, then lower index. Index -1 = none.
-ZK_DEVICE bool topk_better(float score_a, int index_a, float score_b, int index_b) {
-  if (index_b < 0) return index_a >= 0;
-  if (index_a < 0) return false;
-  return score_a > score_b || (score_a == score_b && index_a < index_b);
-}
 
 template <typename T, int kWarp, int kPerLane>
 __global__ void __launch_bounds__(256) topk_gating_kernel(const TopkGatingParams p) {
@@ -60,8 +54,7 @@ __global__ void __launch_bounds__(256) topk_gating_kernel(const TopkGatingParams
   for (int i = 0; i < kPerLane; ++i) {
     const int e = lane + i * kWarp;
     prob[i] = prob[i] / row_sum;
-    const float s = e < p.num_experts ? prob[i] + (p.bias != nullptr ? p.bias[e] : 0.f) : -INFINITY;
-    score[i] = isnan(s) ? -INFINITY : s;
+    score[i] = e < p.num_experts ? route_score(prob[i], p.bias != nullptr ? p.bias[e] : 0.f) : -INFINITY;
   }
 
   uint32_t taken = 0;  // bit i: this lane's expert lane + i * kWarp already chosen
@@ -82,7 +75,7 @@ __global__ void __launch_bounds__(256) topk_gating_kernel(const TopkGatingParams
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int e = lane + i * kWarp;
-      if (e < p.num_experts && !(taken & (1u << i)) && topk_better(score[i], e, best_score, best_id)) {
+      if (e < p.num_experts && !(taken & (1u << i)) && route_better(score[i], e, best_score, best_id)) {
         best_score = score[i];
         best_id = e;
       }
@@ -91,7 +84,7 @@ __global__ void __launch_bounds__(256) topk_gating_kernel(const TopkGatingParams
     for (int offset = kWarp / 2; offset > 0; offset /= 2) {
       const float other_score = shfl_xor(best_score, offset);
       const int other_id = shfl_xor(best_id, offset);
-      if (topk_better(other_score, other_id, best_score, best_id)) {
+      if (route_better(other_score, other_id, best_score, best_id)) {
         best_score = other_score;
         best_id = other_id;
       }

@@ -19,6 +19,7 @@
 #include <math.h>
 
 #include "compat.h"
+#include "route_order.cuh"
 
 namespace zk {
 
@@ -63,19 +64,6 @@ ZK_DEVICE float row_max(float v) {
 }
 
 // ---- softmax + biased top-1 ------------------------------------------------------------------------
-
-// Order on (score, route) candidates: higher score first, then the lower route. Route -1 = none.
-ZK_HOST_DEVICE bool route_better(float score_a, int route_a, float score_b, int route_b) {
-  if (route_b < 0) return route_a >= 0;
-  if (route_a < 0) return false;
-  return score_a > score_b || (score_a == score_b && route_a < route_b);
-}
-
-// The biased score of a route; NaN ranks as -inf (the reference's nan_to_num).
-ZK_HOST_DEVICE float route_score(float prob, float bias) {
-  const float s = prob + bias;
-  return isnan(s) ? -INFINITY : s;
-}
 
 struct RouteChoice {
   int route;    // in [0, num_routes)
