@@ -1,19 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""What was built (cuda / rocm / cpu), for which arch, and what the current machine offers."""
+"""What was built (cuda / rocm / cpu), for which arch, and what the current machine offers.
+
+The benchmark ceilings are measured in every run (bench/harness.py), never taken from a table."""
 from __future__ import annotations
 
 import importlib
 
 import torch
-
-# Peak rates used to put measured figures in context. Spec figures are the vendors' datasheets;
-# the measured ones are from PERF.md (H200, torch 2.11, 2026-11-28) and are re-measured by every
-# benchmark run, which records its own ceilings in its JSON.
-SPEC_PEAKS = {
-    "NVIDIA H200": {"copy_TBps": 4.8, "matmul_bf16_TFLOPs": 989.0},
-    "NVIDIA H100 80GB HBM3": {"copy_TBps": 3.35, "matmul_bf16_TFLOPs": 989.0},
-    "AMD Instinct MI300X": {"copy_TBps": 5.3, "matmul_bf16_TFLOPs": 1307.0},
-}
 
 
 def build_config():
@@ -49,14 +42,3 @@ def gpu_arch() -> str | None:
     if torch.version.hip:
         return getattr(props, "gcnArchName", "gfx?").split(":")[0]
     return f"sm_{props.major}{props.minor}"
-
-
-def kernels_usable_here() -> bool:
-    """The compiled kernels can run on this machine: built for a GPU backend and a matching GPU visible."""
-    backend = compiled_backend()
-    arch = gpu_arch()
-    if backend == "cuda":
-        return arch == "sm_90"
-    if backend == "rocm":
-        return arch == "gfx942"
-    return False
