@@ -4,6 +4,7 @@
 // hip/*.hip); host launchers in ops/ never include it.
 #pragma once
 
+#include <math.h>
 #include <stdint.h>
 
 #if defined(__HIPCC__) || defined(__HIP_PLATFORM_AMD__)
@@ -59,6 +60,18 @@ ZK_DEVICE lane_mask_t ballot(bool pred) {
 #endif
 }
 
+// Shared-memory writes of the warp's lanes before it are seen by its lanes after it. HIP 5.2 has no
+// __syncwarp; a wave runs in lockstep, so only the compiler and the LDS ordering need the fences.
+ZK_DEVICE void syncwarp() {
+#if defined(ZK_HIP)
+  __builtin_amdgcn_fence(__ATOMIC_RELEASE, "wavefront");
+  __builtin_amdgcn_wave_barrier();
+  __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "wavefront");
+#else
+  __syncwarp();
+#endif
+}
+
 ZK_DEVICE int popc(lane_mask_t m) {
 #if defined(ZK_HIP)
   return __popcll(m);
@@ -86,6 +99,34 @@ ZK_HOST_DEVICE bf16_bits float_to_bf16(float f) {
   }
   const uint32_t rounding_bias = 0x7fffu + ((v.u >> 16) & 1u);
   return static_cast<bf16_bits>((v.u + rounding_bias) >> 16);
+}
+
+// ---- fast transcendental building blocks (the router's GELU) ---------------------------------------
+// One special-function instruction each on the device (CUDA: MUFU.RCP / MUFU.EX2, <= 2 ulp; CDNA3:
+// v_rcp_f32 / v_exp_f32, 1 ulp); the correctly rounded library call on the host, where the CPU tests
+// evaluate the same formulas.
+ZK_HOST_DEVICE float fast_rcp(float x) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+#elif defined(__HIP_DEVICE_COMPILE__)
+  return __builtin_amdgcn_rcpf(x);
+#else
+  return 1.0f / x;
+#endif
+}
+
+ZK_HOST_DEVICE float fast_exp2(float x) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+#elif defined(__HIP_DEVICE_COMPILE__)
+  return __builtin_amdgcn_exp2f(x);
+#else
+  return exp2f(x);
+#endif
 }
 
 template <typename T>

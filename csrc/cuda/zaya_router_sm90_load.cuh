@@ -86,6 +86,13 @@ ZK_DEVICE void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int32
       : "memory");
 }
 
+// Start pulling `bytes` (a multiple of 16) at a 16-byte aligned global address into L2; nothing waits
+// for it.
+ZK_DEVICE void prefetch_l2_bulk(const void* global, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(reinterpret_cast<uint64_t>(global)), "r"(bytes)
+               : "memory");
+}
+
 // Byte offset of element (row, col) of a [rows x 64] bf16 box stored by TMA with 128-byte swizzling:
 // 128-byte rows whose 16-byte chunks are permuted by XOR with (row % 8). The box must start on a
 // 1024-byte boundary.

@@ -40,8 +40,8 @@ constexpr int kMlpSteps = 2 * (kRouterWidth / kFcChunkRows) + 1;  // fc1 chunks,
 constexpr int kConsumerArrivals = kTileClusterSize * 2 * 4;       // consumer warps of the cluster
 // Register budget (setmaxnreg): 24 + 2 x 240 = 504 <= 512 per thread slot of 3 warpgroups. The
 // consumer peaks in the epilogue of the down-projection (128 accumulators + 64 words of r_prev) and in
-// the GELU layers (64 words in + 64 out + 32 accumulators + erf temporaries): 232 spilled 212 bytes
-// there, 240 spills nothing (ptxas -v). The producer (one thread issuing TMA) fits 24.
+// the GELU layers (64 words in + 64 out + 32 accumulators + 16 packed + GELU temporaries); at 240
+// nothing spills (ptxas -v). The producer (one thread issuing TMA) fits 24.
 constexpr int kProducerRegisters = 24;
 constexpr int kConsumerRegisters = 240;
 static_assert(kProducerRegisters + 2 * kConsumerRegisters <= 65536 / 128, "register file of one SM");
@@ -83,6 +83,12 @@ struct RingPosition {
 };
 
 ZK_DEVICE int tile_count(int64_t num_tokens) { return static_cast<int>((num_tokens + kTileRows - 1) / kTileRows); }
+
+// The consumers pull their tile's r_prev rows (read with plain loads by the down-projection
+// epilogue) into L2 this many down steps before the last one: ~8 x 0.55 us, several DRAM latencies
+// ahead, yet late enough that the x stream (~15 MB of it chip-wide in that time) does not evict them
+// first. Without it, those loads were the epilogue's largest stall (ncu, H200, T = 64K).
+constexpr int kPrefetchLeadSteps = 8;
 
 ZK_DEVICE void tile_producer(const RouterTensorMaps& maps, const ZayaRouterParams& p, TileSmem& s, uint32_t rank) {
   const int down_steps = p.hidden / 64;
@@ -130,12 +136,35 @@ ZK_DEVICE void release_stage(TileSmem& s, int stage, int lane) {
   }
 }
 
+// Appends the 4 k-blocks of A fragments of a GELU layer's newest output chunk to `out`, whose
+// older chunks move down one place: after the 4 chunks of a layer, out[4c + kb] holds chunk c. The
+// shift (48 moves per chunk) lets the chunk loop stay rolled with constant register indices.
+ZK_DEVICE void shift_in_chunk(uint32_t (&out)[16][4], const uint32_t (&frag)[4][4]) {
+#pragma unroll
+  for (int kb = 0; kb < 12; ++kb)
+#pragma unroll
+    for (int w = 0; w < 4; ++w) out[kb][w] = out[kb + 4][w];
+#pragma unroll
+  for (int kb = 0; kb < 4; ++kb)
+#pragma unroll
+    for (int w = 0; w < 4; ++w) out[12 + kb][w] = frag[kb][w];
+}
+
 // One GELU layer on the register-resident rows: out = bf16(GELU(in W^T + b)), in/out as wgmma A
 // fragments (16 k-blocks x 4 words) of the warpgroup's 64 rows; W arrives as 4 chunks of 64 rows.
+// The chunk loop is rolled on purpose: unrolled, the two layers were 126 KB of SASS (32 GELUs x 4
+// chunks each), the consumers' instruction fetch missed, and "no instruction" stalls were half of
+// all consumer samples in the tile kernel at T = 64K (ncu, H200).
 ZK_DEVICE void tile_gelu_layer(TileSmem& s, RingPosition& ring, const uint32_t (&in)[16][4], uint32_t (&out)[16][4],
                                const float* bias, int lane) {
   const int q = lane % 4;
+  // Defined before the shifts read it, so that `out`'s registers (n's, for the second layer) are
+  // free until this layer.
 #pragma unroll
+  for (int kb = 0; kb < 16; ++kb)
+#pragma unroll
+    for (int w = 0; w < 4; ++w) out[kb][w] = 0u;
+#pragma unroll 1
   for (int chunk = 0; chunk < kRouterWidth / kFcChunkRows; ++chunk) {
     mbar_wait(smem_addr(&s.full[ring.stage]), ring.phase);
     const uint32_t w = smem_addr(s.stages[ring.stage].w);
@@ -151,12 +180,14 @@ ZK_DEVICE void tile_gelu_layer(TileSmem& s, RingPosition& ring, const uint32_t (
     fence_registers(c);
     release_stage(s, ring.stage, lane);
     ring.advance();
+    uint32_t frag[4][4];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const float2 b = load_vector_pair(&bias[kFcChunkRows * chunk + 8 * i + 2 * q]);
-      out[4 * chunk + i / 2][(i % 2) * 2 + 0] = pack_bf16x2_rn(gelu_erf(c[4 * i] + b.x), gelu_erf(c[4 * i + 1] + b.y));
-      out[4 * chunk + i / 2][(i % 2) * 2 + 1] = pack_bf16x2_rn(gelu_erf(c[4 * i + 2] + b.x), gelu_erf(c[4 * i + 3] + b.y));
+      frag[i / 2][(i % 2) * 2 + 0] = pack_bf16x2_rn(gelu_erf(c[4 * i] + b.x), gelu_erf(c[4 * i + 1] + b.y));
+      frag[i / 2][(i % 2) * 2 + 1] = pack_bf16x2_rn(gelu_erf(c[4 * i + 2] + b.x), gelu_erf(c[4 * i + 3] + b.y));
     }
+    shift_in_chunk(out, frag);
   }
 }
 
@@ -180,7 +211,12 @@ ZK_DEVICE void tile_consumer(const ZayaRouterParams& p, TileSmem& s, uint32_t ra
     float acc[128];
     zero_accumulators(acc);
     int previous_stage = -1;
+    const int prefetch_step = down_steps > kPrefetchLeadSteps ? down_steps - kPrefetchLeadSteps : 0;
     for (int step = 0; step < down_steps; ++step) {
+      if (step == prefetch_step && p.r_prev != nullptr && q == 0) {  // one lane per row pair
+        if (valid_a) prefetch_l2_bulk(p.r_prev + row_a * p.r_prev_row_stride, kRouterWidth * 2);
+        if (valid_b) prefetch_l2_bulk(p.r_prev + row_b * p.r_prev_row_stride, kRouterWidth * 2);
+      }
       mbar_wait(smem_addr(&s.full[ring.stage]), ring.phase);
       const uint32_t x = smem_addr(s.stages[ring.stage].x) + consumer * (64 * 128);
       const uint32_t w = smem_addr(s.stages[ring.stage].w);
