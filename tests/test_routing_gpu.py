@@ -263,6 +263,30 @@ def test_moe_align_matches_reference(tokens, k, experts, block_m, cuda_gen):
     check_align(random_ids(tokens, k, experts, cuda_gen), experts, block_m)
 
 
+# The one-CTA fast path takes T*k <= 1024 and E <= 64 (csrc/common/params.h kAlignSmallMax*): cases on
+# both sides of each bound; random_ids adds ids outside [0, E).
+@pytest.mark.parametrize("tokens,k,experts,block_m", [
+    (1, 1, 16, 64), (1024, 1, 16, 64), (1025, 1, 16, 64),          # T*k at and one past the pair bound
+    (512, 2, 16, 16), (513, 2, 16, 16), (128, 8, 64, 128), (129, 8, 64, 128),  # k = 2 and 8, same bounds
+    (1000, 1, 64, 64), (1000, 1, 65, 64), (1024, 1, 64, 1),         # E at and one past the expert bound
+    (300, 3, 33, 5), (77, 1, 1, 128), (0, 1, 64, 16), (5, 8, 63, 16)])
+def test_moe_align_fast_path_and_its_bounds(tokens, k, experts, block_m, cuda_gen):
+    check_align(random_ids(tokens, k, experts, cuda_gen), experts, block_m)
+
+
+def test_moe_align_fast_path_writes_everything(cuda_gen):
+    """Poisoned outputs, strided ids, all ids on the skip route, all outside [0, E), all on one expert."""
+    strided = random_ids(1024, 3, 16, cuda_gen)[:, 1:2]  # [1024, 1], row stride 3
+    for ids in (strided, torch.full((1024, 1), 16, dtype=torch.int32, device="cuda"),
+                torch.full((300, 2), -1, dtype=torch.int32, device="cuda"),
+                torch.full((1024, 1), 5, dtype=torch.int32, device="cuda")):
+        want = reference.moe_align(ids.contiguous(), 16, 64)
+        outs = tuple(poison_(torch.empty_like(t)) for t in want)
+        ops.moe_align(ids, 16, 64, out=outs)
+        for a, b in zip(outs, want):
+            assert torch.equal(a, b)
+
+
 def test_moe_align_strided_ids_and_out_form(cuda_gen):
     big = random_ids(3000, 5, 16, cuda_gen)
     ids = big[:, 1:3]  # [T, 2], row stride 5

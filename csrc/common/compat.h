@@ -136,6 +136,49 @@ ZK_DEVICE float load_as_float<float>(const float* p) { return *p; }
 template <>
 ZK_DEVICE float load_as_float<bf16_bits>(const bf16_bits* p) { return bf16_to_float(*p); }
 
+// ---- programmatic dependent launch ----------------------------------------------------------------
+// CUDA (sm_90+): a kernel launched by launch_dependent may start while the kernel before it on the
+// stream is still running; it must call wait_for_prerequisite_grids() before it reads anything that
+// kernel wrote (or writes anything it reads). Whatever it does before (barrier setup, weight loads)
+// overlaps the previous kernel's tail. allow_dependent_launch() lets the next kernel start early in
+// turn. HIP has no such launch: the calls are no-ops and stream order does the waiting.
+ZK_DEVICE void allow_dependent_launch() {
+#if defined(ZK_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+ZK_DEVICE void wait_for_prerequisite_grids() {
+#if defined(ZK_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent launch (CUDA) or
+// a plain one (HIP). Returns nullptr or the runtime's error message.
+template <typename... Params, typename... Args>
+inline const char* launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, stream_t stream,
+                                    Args... args) {
+#if defined(ZK_HIP)
+  hipLaunchKernelGGL(kernel, grid, block, smem, stream, args...);
+  const hipError_t err = hipGetLastError();
+  return err == hipSuccess ? nullptr : hipGetErrorString(err);
+#else
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, args...);
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+#endif
+}
+
 // nullptr when the last launch on this thread succeeded, else the runtime's message.
 inline const char* last_launch_error() {
 #if defined(ZK_HIP)

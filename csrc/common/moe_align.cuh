@@ -17,6 +17,13 @@
 // order and the result is deterministic (integer adds commute; atomics only serialise them).
 // Padding slots, block_expert_ids, expert_offsets and num_padded are written by the same launch,
 // spread over its CTAs; no output element is written twice or left unwritten.
+//
+// Small problems (T*k <= kAlignSmallMaxPairs, E <= kAlignSmallMaxExperts: ZAYA1 decode and prefill up
+// to T = 1024) take a one-CTA fast path with one block barrier. The sorting kernel's ~10 barriers in a
+// dependent chain (zeroing, counting, a log-step shared-memory scan, ...) cost 10.5 us for one pair
+// (ncu, H200, E = 16) where an empty launch costs < 1 us. The fast path runs walks 1 and 3 unchanged
+// (4 steps of 256 threads); every warp zeroes and fills its own histogram row and then does the whole
+// scan itself in registers (see moe_align_small_kernel).
 #pragma once
 
 #include "compat.h"
@@ -85,25 +92,28 @@ constexpr int kAlignMaxSteps = kAlignPairsPerChunk / kAlignThreads;  // steps of
 
 // The expert buckets of this lane's pairs, one per step of its warp's run (-1: no pair), loaded once
 // for both walks so that their ballots never wait on memory.
+template <int kSteps>
 struct AlignLanePairs {
   int32_t first;                    // pair index of step 0; step s is first + s * kWarpSize
   int steps;                        // steps of this warp's run (uniform per warp)
-  int32_t bucket[kAlignMaxSteps];
+  int32_t bucket[kSteps];
 };
 
-ZK_DEVICE AlignLanePairs align_load_pairs(const MoeAlignParams& p, int chunk) {
-  constexpr int kWarps = kAlignThreads / kWarpSize;
+// A CTA of kThreads threads loading chunk `chunk`; kSteps * kThreads must cover the chunk's pairs.
+template <int kThreads, int kSteps>
+ZK_DEVICE AlignLanePairs<kSteps> align_load_pairs(const MoeAlignParams& p, int chunk) {
+  constexpr int kWarps = kThreads / kWarpSize;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int32_t num_pairs = p.num_tokens * p.k;
   const int32_t chunk_pairs = align_chunk_pairs(num_pairs, chunk);
   const int32_t run = align_warp_run(chunk_pairs, kWarps, kWarpSize);
   const int32_t run_start = warp * run;  // within the chunk
-  AlignLanePairs lp;
+  AlignLanePairs<kSteps> lp;
   lp.first = chunk * kAlignPairsPerChunk + run_start + lane;
   const int32_t run_pairs = chunk_pairs - run_start < run ? chunk_pairs - run_start : run;
   lp.steps = run_pairs > 0 ? (run_pairs + kWarpSize - 1) / kWarpSize : 0;
 #pragma unroll
-  for (int step = 0; step < kAlignMaxSteps; ++step) {
+  for (int step = 0; step < kSteps; ++step) {
     const int32_t in_run = step * kWarpSize + lane;
     lp.bucket[step] = -1;
     if (step < lp.steps && in_run < run_pairs) {
@@ -126,27 +136,54 @@ ZK_DEVICE lane_mask_t align_same_bucket_lanes(int32_t bucket, int bits) {
   return bucket >= 0 ? peers : lane_mask_t(0);
 }
 
-// Step 1 for the calling CTA's chunk: warp_counts[w][e] = pairs of expert e in warp w's run.
-ZK_DEVICE void align_count_chunk(const MoeAlignParams& p, AlignShared& s, const AlignLanePairs& lp) {
-  constexpr int kWarps = kAlignThreads / kWarpSize;
-  const int warp = threadIdx.x / kWarpSize;
+// Step 1 for the calling warp's run: row[e] += pairs of expert e in it (row: the warp's histogram row).
+template <int kSteps>
+ZK_DEVICE void align_count_run(int32_t* row, const AlignLanePairs<kSteps>& lp, int32_t num_experts) {
   const int lane = threadIdx.x % kWarpSize;
+  const int bits = align_bucket_bits(num_experts);
+  const lane_mask_t below = (lane_mask_t(1) << lane) - 1;
+#pragma unroll
+  for (int step = 0; step < kSteps; ++step) {
+    if (step < lp.steps) {  // uniform per warp (a predicate, not a break: the loop must unroll)
+      const int32_t bucket = lp.bucket[step];
+      const lane_mask_t peers = align_same_bucket_lanes(bucket, bits);
+      if (bucket >= 0 && bucket < num_experts && (peers & below) == 0) atomicAdd(&row[bucket], popc(peers));
+    }
+  }
+}
+
+// Step 3 for the calling warp's run: row[e] = the warp's next slot of expert e, bumped per step.
+template <int kSteps>
+ZK_DEVICE void align_scatter_run(const MoeAlignParams& p, int32_t* row, const AlignLanePairs<kSteps>& lp) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int bits = align_bucket_bits(p.num_experts);
+  const lane_mask_t below = (lane_mask_t(1) << lane) - 1;
+#pragma unroll
+  for (int step = 0; step < kSteps; ++step) {
+    if (step < lp.steps) {  // uniform per warp
+      const int32_t pair = lp.first + step * kWarpSize;
+      const int32_t bucket = lp.bucket[step];
+      const lane_mask_t peers = align_same_bucket_lanes(bucket, bits);
+      const bool is_expert = bucket >= 0 && bucket < p.num_experts;
+      const lane_mask_t lowest = peers & (~peers + 1);  // the group's leader, as a one-bit mask
+      const int leader = popc(lowest - 1);              // its lane (garbage for lanes without a group)
+      int32_t base = 0;
+      if (is_expert && (peers & below) == 0) base = atomicAdd(&row[bucket], popc(peers));
+      // shfl orders this step's atomics before the next step's: every lane passes it first.
+      base = shfl(base, is_expert ? leader : lane);
+      if (is_expert) p.sorted_token_ids[base + popc(peers & below)] = pair;
+    }
+  }
+}
+
+// Step 1 for the calling CTA's chunk: warp_counts[w][e] = pairs of expert e in warp w's run.
+ZK_DEVICE void align_count_chunk(const MoeAlignParams& p, AlignShared& s, const AlignLanePairs<kAlignMaxSteps>& lp) {
+  constexpr int kWarps = kAlignThreads / kWarpSize;
   for (int i = threadIdx.x; i < kWarps * p.num_experts; i += kAlignThreads) {
     s.warp_counts[i / p.num_experts][i % p.num_experts] = 0;
   }
   __syncthreads();
-  const int bits = align_bucket_bits(p.num_experts);
-  const lane_mask_t below = (lane_mask_t(1) << lane) - 1;
-#pragma unroll
-  for (int step = 0; step < kAlignMaxSteps; ++step) {
-    if (step < lp.steps) {  // uniform per warp (a predicate, not a break: the loop must unroll)
-      const int32_t bucket = lp.bucket[step];
-      const lane_mask_t peers = align_same_bucket_lanes(bucket, bits);
-      if (bucket >= 0 && bucket < p.num_experts && (peers & below) == 0) {
-        atomicAdd(&s.warp_counts[warp][bucket], popc(peers));
-      }
-    }
-  }
+  align_count_run(s.warp_counts[threadIdx.x / kWarpSize], lp, p.num_experts);
   __syncthreads();
 }
 
@@ -167,9 +204,11 @@ ZK_DEVICE int32_t align_block_inclusive_scan(AlignShared& s, int32_t value, int 
 
 // Counting launch of the multi-chunk path: chunk_counts[chunk][e] = pairs of expert e in the chunk.
 __global__ void __launch_bounds__(kAlignThreads) moe_align_count_kernel(const MoeAlignParams p) {
+  allow_dependent_launch();
+  wait_for_prerequisite_grids();  // ids (and chunk_counts) come from the kernels before this one
   __shared__ AlignShared s;
   const int chunk = blockIdx.x;
-  align_count_chunk(p, s, align_load_pairs(p, chunk));
+  align_count_chunk(p, s, align_load_pairs<kAlignThreads, kAlignMaxSteps>(p, chunk));
   constexpr int kWarps = kAlignThreads / kWarpSize;
   for (int e = threadIdx.x; e < p.num_experts; e += kAlignThreads) {
     int32_t total = 0;
@@ -180,11 +219,13 @@ __global__ void __launch_bounds__(kAlignThreads) moe_align_count_kernel(const Mo
 
 // Sorting launch: one CTA per chunk (a single CTA when num_chunks == 1, counting for itself).
 __global__ void __launch_bounds__(kAlignThreads) moe_align_sort_kernel(const MoeAlignParams p) {
+  allow_dependent_launch();
+  wait_for_prerequisite_grids();  // ids (and chunk_counts) come from the kernels before this one
   constexpr int kWarps = kAlignThreads / kWarpSize;
   __shared__ AlignShared s;
   const int chunk = blockIdx.x;
   const int num_experts = p.num_experts;
-  const AlignLanePairs lp = align_load_pairs(p, chunk);
+  const AlignLanePairs<kAlignMaxSteps> lp = align_load_pairs<kAlignThreads, kAlignMaxSteps>(p, chunk);
   align_count_chunk(p, s, lp);
 
   // 2. scan. Thread e < E: this chunk's warps' counts -> exclusive prefixes; the chunk's prefix and the
@@ -226,27 +267,8 @@ __global__ void __launch_bounds__(kAlignThreads) moe_align_sort_kernel(const Moe
   __syncthreads();
 
   // 3. scatter this chunk's pairs.
-  const int warp = threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-  const int bits = align_bucket_bits(num_experts);
-  const lane_mask_t below = (lane_mask_t(1) << lane) - 1;
+  align_scatter_run(p, s.warp_counts[threadIdx.x / kWarpSize], lp);
   const int32_t num_pairs = p.num_tokens * p.k;
-#pragma unroll
-  for (int step = 0; step < kAlignMaxSteps; ++step) {
-    if (step < lp.steps) {  // uniform per warp
-      const int32_t pair = lp.first + step * kWarpSize;
-      const int32_t bucket = lp.bucket[step];
-      const lane_mask_t peers = align_same_bucket_lanes(bucket, bits);
-      const bool is_expert = bucket >= 0 && bucket < num_experts;
-      const lane_mask_t lowest = peers & (~peers + 1);  // the group's leader, as a one-bit mask
-      const int leader = popc(lowest - 1);              // its lane (garbage for lanes without a group)
-      int32_t base = 0;
-      if (is_expert && (peers & below) == 0) base = atomicAdd(&s.warp_counts[warp][bucket], popc(peers));
-      // shfl orders this step's atomics before the next step's: every lane passes it first.
-      base = shfl(base, is_expert ? leader : lane);
-      if (is_expert) p.sorted_token_ids[base + popc(peers & below)] = pair;
-    }
-  }
 
   // Everything else, spread over the CTAs (grid-stride over each index space).
   const int cta_threads = gridDim.x * kAlignThreads;
@@ -271,11 +293,165 @@ __global__ void __launch_bounds__(kAlignThreads) moe_align_sort_kernel(const Moe
   }
 }
 
-inline void moe_align_launch(const MoeAlignParams& p, stream_t stream) {
-  if (p.num_chunks > 1) {
-    moe_align_count_kernel<<<p.num_chunks, kAlignThreads, 0, stream>>>(p);
+// ---- the one-CTA fast path ------------------------------------------------------------------------
+
+// 256 threads: 8 warps (4 waves) of 4 steps at 1024 pairs. Fewer threads would lengthen the ballot walks,
+// more would grow the scan that every warp repeats (warps x warps rows read per expert in the CTA).
+constexpr int kAlignSmallThreads = 256;
+constexpr int kAlignSmallWarps = kAlignSmallThreads / kWarpSize;
+// A warp's run is at most kAlignSmallMaxPairs / warps = kAlignSmallSteps * kWarpSize pairs.
+constexpr int kAlignSmallSteps = kAlignSmallMaxPairs / kAlignSmallThreads;
+// R: lane l owns experts l*R .. l*R + R-1 in the scan (contiguous: a serial sum in the lane, then one
+// shuffle scan over the lanes). 2 on CUDA, 1 on CDNA3.
+constexpr int kAlignExpertsPerLane = kAlignSmallMaxExperts / kWarpSize;
+static_assert(kAlignSmallMaxPairs % kAlignSmallThreads == 0, "a warp's run must be whole steps");
+static_assert(kAlignSmallMaxExperts % kWarpSize == 0, "every lane owns the same number of experts");
+static_assert(kAlignSmallMaxPairs <= kAlignPairsPerChunk, "the fast path sorts chunk 0, the only one");
+
+// Whether moe_align_launch takes the fast path (host-visible, CPU-tested).
+ZK_HOST_DEVICE bool align_is_small(int32_t num_pairs, int32_t num_experts) {
+  return num_pairs <= kAlignSmallMaxPairs && num_experts <= kAlignSmallMaxExperts;
+}
+
+struct AlignSmallShared {
+  int32_t counts[kAlignSmallWarps][kAlignSmallMaxExperts];   // pairs of each expert in each warp's run
+  int32_t running[kAlignSmallWarps][kAlignSmallMaxExperts];  // each warp's next slot of each expert
+};
+
+// The scan's result in the registers of the lane that owns expert e = lane * R + r (zeros for e >= E).
+// Segments are counted in blocks of block_m, so no slot bound needs a division afterwards.
+struct AlignOwnedExperts {
+  int32_t total[kAlignExpertsPerLane];        // pairs of the expert
+  int32_t first_block[kAlignExpertsPerLane];  // its segment: blocks [first_block, first_block + blocks)
+  int32_t blocks[kAlignExpertsPerLane];
+  int32_t padded_blocks;                      // blocks of all segments, num_padded / block_m (uniform)
+};
+
+// Sum of `value` over lanes 0..lane, for the lanes below `lanes` (uniform; the others get partial sums).
+ZK_DEVICE int32_t warp_inclusive_sum(int32_t value, int lanes) {
+  const int lane = threadIdx.x % kWarpSize;
+  for (int offset = 1; offset < lanes; offset *= 2) {
+    const int32_t lower = shfl(value, lane >= offset ? lane - offset : lane);
+    if (lane >= offset) value += lower;
   }
-  moe_align_sort_kernel<<<p.num_chunks, kAlignThreads, 0, stream>>>(p);
+  return value;
+}
+
+// Step 2, done by every warp on its own: the owned experts' totals over all warps' rows, the segments
+// as a shuffle scan of the blocks per expert (3 shuffles for E = 16 on CUDA), and this warp's running
+// slot of each expert (segment start + the expert's pairs in earlier warps) into its row of `running`.
+ZK_DEVICE AlignOwnedExperts align_small_scan(const MoeAlignParams& p, AlignSmallShared& s) {
+  constexpr int R = kAlignExpertsPerLane;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  AlignOwnedExperts own;
+  int32_t earlier[R];  // pairs of the expert in the runs of warps before this one
+  int32_t lane_blocks = 0;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int e = lane * R + r;
+    int32_t total = 0, before = 0;
+    if (e < p.num_experts) {
+#pragma unroll
+      for (int w = 0; w < kAlignSmallWarps; ++w) {
+        const int32_t count = s.counts[w][e];
+        before += w < warp ? count : 0;
+        total += count;
+      }
+    }
+    own.total[r] = total;
+    own.blocks[r] = (total + p.block_m - 1) / p.block_m;
+    earlier[r] = before;
+    lane_blocks += own.blocks[r];
+  }
+  const int owner_lanes = (p.num_experts + R - 1) / R;
+  const int32_t inclusive = warp_inclusive_sum(lane_blocks, owner_lanes);
+  own.padded_blocks = shfl(inclusive, owner_lanes - 1);
+  int32_t block = inclusive - lane_blocks;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int e = lane * R + r;
+    own.first_block[r] = block;
+    if (e < p.num_experts) s.running[warp][e] = block * p.block_m + earlier[r];
+    block += own.blocks[r];
+  }
+  return own;
+}
+
+// Step 4, every output but the pairs' slots: the padding (fewer than block_m slots) and blocks of the
+// experts of owner lane j by warp j % warps (2 experts per warp for E = 16 on CUDA), their bounds
+// shuffled from lane j; the slots and blocks past num_padded by the whole CTA; expert_offsets and
+// num_padded by warp 0.
+ZK_DEVICE void align_small_write_rest(const MoeAlignParams& p, const AlignOwnedExperts& own) {
+  constexpr int R = kAlignExpertsPerLane;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int32_t num_pairs = p.num_tokens * p.k;
+  for (int owner = warp; owner * R < p.num_experts; owner += kAlignSmallWarps) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {  // r stays a constant: a dynamic own.xxx[r] would put `own` on the stack
+      const int e = owner * R + r;
+      if (e >= p.num_experts) break;  // uniform per warp
+      const int32_t first_block = shfl(own.first_block[r], owner);
+      const int32_t end_block = first_block + shfl(own.blocks[r], owner);
+      const int32_t end = end_block * p.block_m;
+      for (int32_t slot = first_block * p.block_m + shfl(own.total[r], owner) + lane; slot < end;
+           slot += kWarpSize) {
+        p.sorted_token_ids[slot] = num_pairs;
+      }
+      for (int32_t block = first_block + lane; block < end_block; block += kWarpSize) p.block_expert_ids[block] = e;
+    }
+  }
+  const int32_t num_padded = own.padded_blocks * p.block_m;
+  for (int32_t slot = num_padded + threadIdx.x; slot < p.capacity; slot += kAlignSmallThreads) {
+    p.sorted_token_ids[slot] = num_pairs;
+  }
+  for (int32_t block = own.padded_blocks + threadIdx.x; block < p.num_blocks; block += kAlignSmallThreads) {
+    p.block_expert_ids[block] = -1;
+  }
+  if (warp == 0) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int e = lane * R + r;
+      if (e < p.num_experts) p.expert_offsets[e] = own.first_block[r] * p.block_m;
+    }
+    if (lane == 0) {
+      p.expert_offsets[p.num_experts] = num_padded;
+      p.num_padded[0] = num_padded;
+    }
+  }
+}
+
+// One CTA, one block barrier: the only data that crosses warps is the histogram rows, and each warp
+// derives everything else from them by itself.
+__global__ void __launch_bounds__(kAlignSmallThreads) moe_align_small_kernel(const MoeAlignParams p) {
+  allow_dependent_launch();
+  wait_for_prerequisite_grids();  // ids (and chunk_counts) come from the kernels before this one
+  __shared__ AlignSmallShared s;
+  const int warp = threadIdx.x / kWarpSize;
+  const AlignLanePairs<kAlignSmallSteps> lp = align_load_pairs<kAlignSmallThreads, kAlignSmallSteps>(p, 0);
+  // 1. count into the warp's own row, which the warp zeroes itself: a warp barrier orders the two.
+  for (int e = threadIdx.x % kWarpSize; e < p.num_experts; e += kWarpSize) s.counts[warp][e] = 0;
+  syncwarp();
+  align_count_run(s.counts[warp], lp, p.num_experts);
+  __syncthreads();  // the only block barrier: every warp's scan reads every warp's row
+  const AlignOwnedExperts own = align_small_scan(p, s);
+  syncwarp();  // the running row, written by the scan's lanes, before the scatter's atomics on it
+  align_scatter_run(p, s.running[warp], lp);
+  align_small_write_rest(p, own);
+}
+
+// Programmatic dependent launches (see compat.h): each kernel waits for the previous one before it
+// reads ids or chunk_counts, so on CUDA its launch overlaps the router's (or the counting launch's)
+// tail. Returns nullptr or the runtime's error message.
+inline const char* moe_align_launch(const MoeAlignParams& p, stream_t stream) {
+  if (align_is_small(p.num_tokens * p.k, p.num_experts)) {
+    return launch_dependent(moe_align_small_kernel, dim3(1), dim3(kAlignSmallThreads), 0, stream, p);
+  }
+  if (p.num_chunks > 1) {
+    if (const char* err = launch_dependent(moe_align_count_kernel, dim3(p.num_chunks), dim3(kAlignThreads), 0, stream, p)) {
+      return err;
+    }
+  }
+  return launch_dependent(moe_align_sort_kernel, dim3(p.num_chunks), dim3(kAlignThreads), 0, stream, p);
 }
 
 }  // namespace zk

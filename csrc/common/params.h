@@ -57,15 +57,25 @@ constexpr int kAlignMaxExperts = 256;
 // Pairs sorted by one CTA. 8192 keeps ZAYA1 prefill up to T = 8192 (k = 1) in one launch; above it a
 // counting launch precedes the sorting one (two ~2 us launches beat one CTA walking 64K pairs twice).
 constexpr int kAlignPairsPerChunk = 8192;
+// The one-CTA fast path (moe_align.cuh, moe_align_small_kernel) serves T*k <= 1024 pairs: ZAYA1 decode
+// and prefill up to T = 1024 at k = 1. Its 256 threads then walk at most 4 steps (the chunked kernel: 2
+// at 1024 pairs, 16 at 8192), and its scan, which every warp repeats to spare a second block barrier,
+// reads 8 warp rows per expert (4 on CDNA3). Beyond it the walk's steps grow while the chunked kernel's
+// barrier chain stays a fixed cost.
+constexpr int kAlignSmallMaxPairs = 1024;
+// E <= 64: ZAYA1 (16), Mixtral (8), OLMoE and DeepSeek-V2-Lite (64). Each lane then scans 2 experts of a
+// CUDA warp or 1 of a CDNA3 wave in registers; larger E (Qwen3 128, DeepSeek-V3 256) takes the chunked path.
+constexpr int kAlignSmallMaxExperts = 64;
 
 // zaya_router: the whole ZAYA1 router (ZAYA1_ARCHITECTURE.md §5.1-5.2) with the numerics of
 // reference.zaya_router: fp32 accumulation; r fp32 into the RMSNorm and rounded to bf16 only when
 // stored; n, h1, h2 rounded to bf16 as the MLP's matmul inputs; exact-erf GELU; fp32 softmax over the
 // E' routes; top-1 of (p + balancing_bias), the lower index winning ties; weight = unbiased p.
 enum class ZayaRouterVariant : int32_t {
-  // T <= kRouterClusterMaxTokens: one cluster of kRouterClusterSize CTAs per group of up to 64 tokens,
-  // the down-projection split over K across the cluster, partial sums and the 256-wide rows exchanged
-  // through distributed shared memory (mma.sync). Spreads W_down's 1 MB over 8 SMs per group.
+  // T <= kRouterClusterMaxTokens: one cluster of kRouterClusterSize CTAs per group of 16, 32 or 80
+  // tokens (the fewest rows whose groups all fit on the GPU at once), the down-projection split over K
+  // across the cluster, partial sums and the 256-wide rows exchanged through distributed shared memory
+  // (mma.sync). Spreads W_down's 1 MB over 8 SMs per group.
   kCluster = 0,
   // Larger T: persistent CTA pairs, each CTA 128 tokens x all 256 outputs (wgmma), every weight tile
   // TMA-multicast to both CTAs of the pair, the MLP fused on the register-resident rows.
@@ -104,7 +114,7 @@ constexpr int kRouterWidth = 256;        // R: every kernel holds one full 256-w
 constexpr int kRouterMaxRoutes = 32;     // E' <= 32: the logits are one 32-column MMA tile
 constexpr int kRouterHiddenStep = 512;   // H splits into 8 cluster slices of whole 64-wide TMA boxes
 constexpr int kRouterMaxHidden = 2048;   // ZAYA1's H; the cluster variant's shared memory is sized for it
-constexpr int kRouterClusterSize = 8;    // portable cluster size: 16 clusters of 8 fill 128 of 132 SMs
+constexpr int kRouterClusterSize = 8;    // portable cluster size; 15 clusters of 8 fit the 132-SM H200 at once
 // Crossover between the variants (bench/results/h200/route.json, rows zaya_cluster / zaya_tile):
 // T = 1024: cluster 49.7 us, tile 56.7 us; T = 4096: cluster 129 us, tile 56.9 us. Above 1024 tokens
 // the cluster variant needs a second wave of clusters (~50 us each) while one tile wave holds 16K tokens.

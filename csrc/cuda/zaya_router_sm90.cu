@@ -78,42 +78,60 @@ cudaError_t allow_smem(int bytes) {
   return err;
 }
 
-// Clusters of 2 tile CTAs that fit on the device at once (66 on a 132-SM H200), per device, once.
-int tile_cluster_slots() {
+// Clusters of kKernel (`cluster_size` CTAs of `threads` threads and `smem` bytes, the cluster size
+// compiled in) that fit on the device at once, per kernel and device, once: a cluster must sit in one
+// GPC, so this is below SMs / cluster_size (H200: 66 pairs of tile CTAs; 15 clusters of 8 router
+// cluster CTAs, not 16). Falls back to `fallback` if the query fails.
+template <auto kKernel>
+int cluster_slots(int cluster_size, int threads, int smem, int fallback) {
   constexpr int kMaxDevices = 64;
   static int slots[kMaxDevices] = {};
   static std::mutex mutex;
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 1;
+  if (cudaGetDevice(&device) != cudaSuccess) return fallback;
+  if (allow_smem<kKernel>(smem) != cudaSuccess) {
+    cudaGetLastError();
+    return fallback;
+  }
   std::lock_guard<std::mutex> lock(mutex);
   if (device < kMaxDevices && slots[device] > 0) return slots[device];
   cudaLaunchConfig_t config{};
-  config.gridDim = dim3(2 * 1024, 1, 1);
-  config.blockDim = dim3(sm90::kTileThreads, 1, 1);
-  config.dynamicSmemBytes = sm90::kTileSmemBytes;
+  config.gridDim = dim3(cluster_size * 64, 1, 1);
+  config.blockDim = dim3(threads, 1, 1);
+  config.dynamicSmemBytes = smem;
   int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, sm90::zaya_router_tile_kernel, &config) != cudaSuccess ||
-      clusters < 1) {
-    cudaGetLastError();  // clear the sticky-free error of the query; fall back to one cluster per SM pair
-    int sms = 0;
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    clusters = std::max(1, sms / 2);
+  if (cudaOccupancyMaxActiveClusters(&clusters, kKernel, &config) != cudaSuccess || clusters < 1) {
+    cudaGetLastError();  // clear the query's error
+    clusters = fallback;
   }
   if (device < kMaxDevices) slots[device] = clusters;
   return clusters;
 }
 
 template <int kRows>
+int64_t cluster_variant_capacity() {  // tokens one wave of kRows-row clusters holds
+  return kRows * static_cast<int64_t>(cluster_slots<sm90::zaya_router_cluster_kernel<kRows>>(
+                     kRouterClusterSize, sm90::kClusterThreads, sm90::cluster_smem_bytes<kRows>(), 1));
+}
+
+int tile_cluster_slots() {
+  int sms = 0, device = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  return cluster_slots<sm90::zaya_router_tile_kernel>(sm90::kTileClusterSize, sm90::kTileThreads,
+                                                     sm90::kTileSmemBytes, std::max(1, sms / 2));
+}
+
+template <int kRows>
 const char* launch_cluster_variant(const ZayaRouterParams& p, cudaStream_t stream) {
   RouterTensorMaps maps;
-  if (!encode_maps(&maps, p, kRows, sm90::kClusterFcRows)) return "cuTensorMapEncodeTiled failed (router tensor maps)";
+  if (!encode_maps(&maps, p, kRows, sm90::kClusterSlice)) return "cuTensorMapEncodeTiled failed (router tensor maps)";
   constexpr int kSmem = sm90::cluster_smem_bytes<kRows>();
   const cudaError_t err = allow_smem<sm90::zaya_router_cluster_kernel<kRows>>(kSmem);
   if (err != cudaSuccess) return cudaGetErrorString(err);
   const int64_t groups = (p.num_tokens + kRows - 1) / kRows;
-  sm90::zaya_router_cluster_kernel<kRows>
-      <<<static_cast<unsigned>(groups * kRouterClusterSize), sm90::kClusterThreads, kSmem, stream>>>(maps, p);
-  return last_launch_error();
+  return launch_dependent(sm90::zaya_router_cluster_kernel<kRows>, dim3(static_cast<unsigned>(groups * kRouterClusterSize)),
+                          dim3(sm90::kClusterThreads), kSmem, stream, maps, p);
 }
 
 const char* launch_tile_variant(const ZayaRouterParams& p, cudaStream_t stream) {
@@ -126,9 +144,8 @@ const char* launch_tile_variant(const ZayaRouterParams& p, cudaStream_t stream) 
   const int64_t tiles = (p.num_tokens + sm90::kTileRows - 1) / sm90::kTileRows;
   const int64_t pairs = (tiles + 1) / 2;
   const int clusters = static_cast<int>(std::min<int64_t>(pairs, tile_cluster_slots()));
-  sm90::zaya_router_tile_kernel<<<clusters * sm90::kTileClusterSize, sm90::kTileThreads, sm90::kTileSmemBytes,
-                                  stream>>>(maps, p);
-  return last_launch_error();
+  return launch_dependent(sm90::zaya_router_tile_kernel, dim3(clusters * sm90::kTileClusterSize),
+                          dim3(sm90::kTileThreads), sm90::kTileSmemBytes, stream, maps, p);
 }
 
 }  // namespace
@@ -136,12 +153,12 @@ const char* launch_tile_variant(const ZayaRouterParams& p, cudaStream_t stream) 
 const char* launch_zaya_router(const ZayaRouterParams& params, StreamHandle stream_handle) {
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
   if (params.variant == ZayaRouterVariant::kTile) return launch_tile_variant(params, stream);
-  // Tokens per cluster: the fewest rows (least MMA work per CTA) that keep the groups within 16
-  // clusters = 128 SMs, i.e. one wave on the 132-SM H200 (16 x 8 CTAs fit, one CTA per SM).
-  constexpr int64_t kClustersPerWave = 16;
-  if (params.num_tokens <= 16 * kClustersPerWave) return launch_cluster_variant<16>(params, stream);
-  if (params.num_tokens <= 32 * kClustersPerWave) return launch_cluster_variant<32>(params, stream);
-  return launch_cluster_variant<64>(params, stream);
+  // Tokens per cluster: the fewest rows (least MMA and exchange work per CTA) whose groups all fit on
+  // the GPU at once (a second wave would double the time); 80 rows keep T = 1024 in one wave of 13
+  // clusters on the H200 (15 fit).
+  if (params.num_tokens <= cluster_variant_capacity<16>()) return launch_cluster_variant<16>(params, stream);
+  if (params.num_tokens <= cluster_variant_capacity<32>()) return launch_cluster_variant<32>(params, stream);
+  return launch_cluster_variant<80>(params, stream);
 }
 
 }  // namespace zk

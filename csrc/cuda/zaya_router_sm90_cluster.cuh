@@ -1,26 +1,37 @@
 // SPDX-License-Identifier: Apache-2.0
 // zaya_router_sm90_cluster.cuh: the small-T router (ZayaRouterVariant::kCluster).
 //
-// Why: at T <= ~1K the router reads ~1.3 MB of weights for little arithmetic, and one SM pulls only
-// tens of GB/s (the tile variant, one 128-token CTA pair, takes 57 us on the H200 for what is ~20 us
-// of tensor work), so the weight reads must be spread over many SMs. Here a cluster of 8 CTAs (8 SMs)
-// serves a group of kRows tokens and each CTA reads 1/8 of every weight (H200: 12.8 us at T = 1,
-// 13.3 us at T = 128 with kRows = 16; 49.6 us at T = 1024 with kRows = 64):
+// Why: at T <= ~1K the router reads ~1.3 MB of weights for little arithmetic, and one SM pulls them
+// at ~60 GB/s (H200: 180 KB per CTA took ~3 us from launch), so the weight reads must be spread over
+// many SMs. A cluster of 8 CTAs (8 SMs) serves a group of kRows tokens and each CTA reads 1/8 of every
+// weight:
 //   down-projection: CTA c owns the K slice [c*H/8, (c+1)*H/8): a [kRows x 256] fp32 partial sum;
 //   exchange 1: CTA c pulls column slice [32c, 32c+32) of all 8 partials over DSMEM and sums them
 //               -> d, + bias, + EDA -> r, and sends the slice's sums of squares to every CTA;
 //   exchange 2: every CTA has the row sums -> 1/RMS; CTA c normalises its slice (n, bf16);
 //   fc1, fc2: CTA c computes output columns [32c, 32c+32) (+bias, GELU, bf16);
-//   each of n, h1, h2: written to the CTA's own columns of a local [kRows x 256] buffer, then every
-//               CTA pulls the 7 other slices in 16-byte loads (a pull of 64-byte row pieces: 4x fewer
-//               DSMEM transactions than pushing 4-byte MMA fragments to 8 CTAs);
-//   logits: CTA c computes the 32-wide (E' <= 32) logits of its kRows/8 tokens, softmax, top-1.
-// Six cluster barriers in all (the last keeps CTAs alive while peers pull from them); each is a release/acquire at cluster scope (a MEMBAR.ALL.GPU in SASS),
-// so the global stores of r_out wait until after the last one. mma.sync m16n8k16 (warp-level) keeps
-// kRows as small as 16.
+//   n, h1: each written to the CTA's own columns of a local [kRows x 256] buffer, then every CTA pulls
+//               the 7 other slices in 16-byte loads;
+//   logits: CTA c multiplies its h2 slice by the matching K slice of W_out: a partial [kRows x 32]
+//               product, whose rows it stores into the CTA that owns them (kRows/8 rows each); that CTA
+//               sums the 8 parts, then softmax and the biased top-1.
+// Five cluster barriers; each is a release/acquire at cluster scope. After the last one no CTA
+// touches another's shared memory, so every CTA may leave on its own.
 //
-// Shared memory (kRows = 64, H = 2048): x slice 32 KB + W_down slice 128 KB (later reused for the
-// partials and the two activation buffers) + fc1/fc2/out_w slices 48 KB + vectors 5 KB = ~213 KB.
+// Latency is the whole game here (H200 timeline of the previous layout, per phase, T = 16: 2 us
+// before the first MMA waiting for vector loads, 2 us in exchange 1, 2.2 us for the logits), so:
+//   - the router's vectors, W_out's slice and r_prev are loaded into registers at the start and only
+//     stored / used after the down-projection, their latency hidden behind the TMA wait;
+//   - every DSMEM pull issues all its loads before the first use (one round trip, not 8: with one
+//     load in flight per thread the exchange ran at ~11 GB/s per SM);
+//   - programmatic dependent launch: weights and vectors are fetched before griddepcontrol.wait, so
+//     their DRAM latency overlaps the tail of the kernel before this one; x and r_prev after it.
+// mma.sync m16n8k16 (warp-level) keeps kRows as small as 16. kRows is chosen by the host so that all
+// groups fit on the GPU at once (clusters of 8 CTAs of ~200 KB: 15 on the 132-SM H200).
+//
+// Shared memory (kRows = 80, H = 2048): x slice 40 KB + W_down slice 128 KB (later reused for the
+// partials and the h1 buffer) + fc1/fc2 slices 32 KB + W_out slice 2 KB + vectors 5 KB + partial
+// logits 10 KB = ~218 KB.
 #pragma once
 
 #include "zaya_router_sm90_epilogue.cuh"
@@ -32,20 +43,36 @@ namespace sm90 {
 
 constexpr int kClusterThreads = 256;  // 8 warps: each owns 32 of the 256 partial-sum columns
 constexpr int kClusterMaxKBoxes = kRouterMaxHidden / kRouterClusterSize / 64;  // 64-wide K boxes per CTA
-constexpr int kClusterFcRows = kRouterWidth / kRouterClusterSize;             // fc1/fc2 rows per CTA
+constexpr int kClusterSlice = kRouterWidth / kRouterClusterSize;               // columns a CTA owns
 constexpr int kPartialPitch = kRouterWidth + 4;  // floats: +16 B per row keeps the float2 stores conflict-free
 constexpr int kActPitch = kRouterWidth + 8;      // bf16: +16 B per row keeps ldmatrix conflict-free
+constexpr int kSliceQuarters = 4;                // exchange 1: a row's slice as 4 pieces of 8 columns
 static_assert(kClusterThreads / 32 * 32 == kRouterWidth, "8 warps x 32 columns cover the down-projection");
-static_assert(kClusterFcRows == 32, "each CTA computes 4 n8 tiles of fc1/fc2 and owns 32 reduced columns");
+static_assert(kClusterSlice == 32, "each CTA computes 4 n8 tiles of fc1/fc2 and owns 32 reduced columns");
 static_assert(kRouterMaxRoutes == 32, "the logits: one lane per route in a warp");
+static_assert(kClusterThreads == kRouterWidth, "the vector prefetch: one element of each vector per thread");
+
+template <int kRows>
+struct ClusterShape {
+  static_assert(kRows % 16 == 0 && kRows <= 80, "kRows: whole m16 tiles, at most 5 per warp");
+  static_assert(kRows * 128 % 1024 == 0, "swizzled boxes start on 1024-byte boundaries");
+  static constexpr int kMTiles = kRows / 16;
+  static constexpr int kRowsPerCta = kRows / kRouterClusterSize;  // tokens whose top-1 this CTA computes
+  // Exchange 1 items (token row, quarter of the slice) per thread.
+  static constexpr int kReduceItems = (kRows * kSliceQuarters + kClusterThreads - 1) / kClusterThreads;
+  // 16-byte pieces of the 7 peers' slices of all rows one thread pulls in a gather.
+  static constexpr int kGatherPieces = ((kRouterClusterSize - 1) * kRows * (kClusterSlice * 2 / 16) +
+                                        kClusterThreads - 1) / kClusterThreads;
+  // (row, route) partial logits per thread.
+  static constexpr int kLogitItems = kRows * kRouterMaxRoutes / kClusterThreads;
+  static_assert(kRows * kRouterMaxRoutes % kClusterThreads == 0, "partial logits: whole items per thread");
+};
 
 template <int kRows>
 struct ClusterSmem {
-  static_assert(kRows % 16 == 0 && kRows <= 64, "kRows: whole m16 tiles, at most 4 per warp");
-  static_assert(kRows * 128 % 1024 == 0, "swizzled boxes start on 1024-byte boundaries");
   union Staging {
     struct Load {  // during the down-projection
-      uint8_t x[kClusterMaxKBoxes][kRows * 128];             // [kRows x 64] bf16 boxes, 128-byte swizzle
+      uint8_t x[kClusterMaxKBoxes][kRows * 128];              // [kRows x 64] bf16 boxes, 128-byte swizzle
       uint8_t down_w[kClusterMaxKBoxes][kRouterWidth * 128];  // [256 x 64] bf16 boxes
     } load;
     struct Exchange {  // after it; act_a overlays `partial` (its last reader is done before act_a's first writer)
@@ -53,19 +80,119 @@ struct ClusterSmem {
       uint16_t act_b[kRows][kActPitch];       // [kRows, 256] bf16 h1
     } exchange;
   } staging;
-  uint8_t fc1_w[4][kClusterFcRows * 128];     // rows [32c, 32c+32) of fc1_w, 4 K boxes of [32 x 64]
-  uint8_t fc2_w[4][kClusterFcRows * 128];
-  uint8_t out_w[4][kRouterMaxRoutes * 128];   // all E' rows (zero-padded to 32), 4 K boxes
+  uint8_t fc1_w[4][kClusterSlice * 128];      // rows [32c, 32c+32) of fc1_w, 4 K boxes of [32 x 64]
+  uint8_t fc2_w[4][kClusterSlice * 128];
+  uint32_t out_w[kRouterMaxRoutes][kClusterSlice / 2];  // W_out[:, 32c:32c+32] as bf16 pairs, 0 past E'
   RouterVectors vec;
-  float sum_squares[kRouterClusterSize][kRows];            // [source CTA, token] partial sums of r^2
-  float logits[kRows / kRouterClusterSize][kRouterMaxRoutes];
+  float sum_squares[kRouterClusterSize][kRows];                                // [source CTA, token]
+  float logit_parts[kRouterClusterSize][ClusterShape<kRows>::kRowsPerCta][kRouterMaxRoutes];  // [source CTA]
   uint64_t k_box_ready[kClusterMaxKBoxes];                 // x + W_down box b landed
-  uint64_t mlp_ready;                                      // fc1/fc2/out_w slices landed
+  uint64_t mlp_ready;                                      // fc1/fc2 slices landed
 };
 
 template <int kRows>
 constexpr int cluster_smem_bytes() {
   return static_cast<int>(sizeof(ClusterSmem<kRows>)) + 1024;  // + alignment slack
+}
+static_assert(cluster_smem_bytes<80>() <= 227 * 1024, "the largest group fits one SM's shared memory");
+
+// ---- the per-thread prefetch of everything that is not a TMA box ----------------------------------
+
+// Loaded into registers before the first MMA, stored / used after it.
+template <int kRows>
+struct ClusterPrefetch {
+  uint16_t down_b, eda_scale, norm_w, fc1_b, fc2_b;  // element `thread` of each vector
+  float balancing_bias;                               // element `thread` (threads < E')
+  uint4 out_w;                                        // 8 bf16 of W_out's slice (threads < 4 E')
+  uint4 r_prev[ClusterShape<kRows>::kReduceItems];    // 8 bf16 of each exchange-1 item's row
+};
+
+template <int kRows>
+ZK_DEVICE void prefetch_weights(const ZayaRouterParams& p, int rank, int thread, ClusterPrefetch<kRows>& f) {
+  f.down_b = p.down_b[thread];
+  f.eda_scale = p.eda_scale != nullptr ? p.eda_scale[thread] : uint16_t(0);
+  f.norm_w = p.norm_w[thread];
+  f.fc1_b = p.fc1_b[thread];
+  f.fc2_b = p.fc2_b[thread];
+  f.balancing_bias = thread < p.num_routes ? p.balancing_bias[thread] : 0.f;
+  const int route = thread / 4, piece = thread % 4;
+  f.out_w = route < p.num_routes
+                ? *reinterpret_cast<const uint4*>(p.out_w + route * kRouterWidth + kClusterSlice * rank + 8 * piece)
+                : make_uint4(0u, 0u, 0u, 0u);
+}
+
+template <int kRows>
+ZK_DEVICE void store_weights(const ClusterPrefetch<kRows>& f, ClusterSmem<kRows>& s, int thread) {
+  s.vec.down_b[thread] = bf16_to_float(f.down_b);
+  s.vec.eda_scale[thread] = bf16_to_float(f.eda_scale);
+  s.vec.norm_w[thread] = bf16_to_float(f.norm_w);
+  s.vec.fc1_b[thread] = bf16_to_float(f.fc1_b);
+  s.vec.fc2_b[thread] = bf16_to_float(f.fc2_b);
+  if (thread < kRouterMaxRoutes) s.vec.balancing_bias[thread] = f.balancing_bias;
+  if (thread < kRouterMaxRoutes * 4) {
+    *reinterpret_cast<uint4*>(&s.out_w[thread / 4][4 * (thread % 4)]) = f.out_w;
+  }
+}
+
+// Exchange-1 item `i` of this thread: token row and the first of its 8 columns (absolute).
+struct ReduceItem {
+  int row;
+  int col0;
+  bool active;  // the item exists (kRows x 4 items in all)
+};
+
+template <int kRows>
+ZK_DEVICE ReduceItem reduce_item(int i, int thread, int rank) {
+  const int item = thread + i * kClusterThreads;
+  return ReduceItem{item / kSliceQuarters, kClusterSlice * rank + (item % kSliceQuarters) * 8,
+                    item < kRows * kSliceQuarters};
+}
+
+// ---- exchanges ------------------------------------------------------------------------------------
+
+// Row `row` columns [col0, col0 + 8) summed over the 8 CTAs' partials: all 16 loads in flight at once.
+template <int kRows>
+ZK_DEVICE void sum_partials(ClusterSmem<kRows>& s, int row, int col0, float (&r)[8]) {
+  const uint32_t local = smem_addr(&s.staging.exchange.partial[row][col0]);
+  float4 part[kRouterClusterSize][2];
+#pragma unroll
+  for (int peer = 0; peer < kRouterClusterSize; ++peer) {
+    const uint32_t remote = dsmem_map(local, peer);
+    part[peer][0] = dsmem_load_f32x4(remote);
+    part[peer][1] = dsmem_load_f32x4(remote + 16);
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e) r[e] = 0.f;
+#pragma unroll
+  for (int peer = 0; peer < kRouterClusterSize; ++peer) {
+    r[0] += part[peer][0].x; r[1] += part[peer][0].y; r[2] += part[peer][0].z; r[3] += part[peer][0].w;
+    r[4] += part[peer][1].x; r[5] += part[peer][1].y; r[6] += part[peer][1].z; r[7] += part[peer][1].w;
+  }
+}
+
+// After a cluster barrier: copy the 7 other CTAs' column slices of every row of `act` (each CTA wrote
+// its own slice locally) into this CTA's `act`; all of a thread's loads are issued before its first
+// store. No CTA writes the slices being read until the next cluster barrier.
+template <int kRows>
+ZK_DEVICE void cluster_gather_slices(uint16_t (*act)[kActPitch], int rank, int thread) {
+  constexpr int kPieces = kClusterSlice * 2 / 16;  // 16-byte pieces per row of a slice
+  constexpr int kTotal = (kRouterClusterSize - 1) * kRows * kPieces;
+  constexpr int kMine = ClusterShape<kRows>::kGatherPieces;
+  float4 v[kMine];
+  uint16_t* local[kMine];
+#pragma unroll
+  for (int j = 0; j < kMine; ++j) {
+    const int i = thread + j * kClusterThreads;
+    const int peer = (rank + 1 + i / (kRows * kPieces)) % kRouterClusterSize;
+    const int row = (i / kPieces) % kRows, piece = i % kPieces;
+    local[j] = &act[row][kClusterSlice * peer + 8 * piece];
+    if (i < kTotal) v[j] = dsmem_load_f32x4(dsmem_map(smem_addr(local[j]), peer));
+  }
+#pragma unroll
+  for (int j = 0; j < kMine; ++j) {
+    if (thread + j * kClusterThreads < kTotal) *reinterpret_cast<float4*>(local[j]) = v[j];
+  }
+  __syncthreads();
 }
 
 // in [kRows, 256] bf16 -> this CTA's 32 output columns of GELU(in W^T + b), rounded to bf16, written
@@ -73,7 +200,7 @@ constexpr int cluster_smem_bytes() {
 template <int kRows>
 ZK_DEVICE void cluster_mlp_layer(const uint16_t (*in)[kActPitch], uint16_t (*out)[kActPitch], uint32_t w_boxes,
                                  const float* bias, int rank, int warp, int lane) {
-  constexpr int kMTiles = kRows / 16;
+  constexpr int kMTiles = ClusterShape<kRows>::kMTiles;
   const int g = lane / 4, q = lane % 4;
   for (int item = warp; item < kMTiles * 4; item += kClusterThreads / 32) {
     const int mt = item / 4, j = item % 4;  // m16 tile, n8 tile of this CTA's 32 columns
@@ -83,7 +210,7 @@ ZK_DEVICE void cluster_mlp_layer(const uint16_t (*in)[kActPitch], uint16_t (*out
       uint32_t b[4];  // b0/b1 of k16 steps 2s and 2s+1
       {
         const int m = lane / 8, n = 8 * j + lane % 8, k = 32 * s + 8 * m;
-        ldmatrix_x4(b, w_boxes + (k / 64) * (kClusterFcRows * 128) + swizzle128_offset(n, k % 64));
+        ldmatrix_x4(b, w_boxes + (k / 64) * (kClusterSlice * 128) + swizzle128_offset(n, k % 64));
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -92,7 +219,7 @@ ZK_DEVICE void cluster_mlp_layer(const uint16_t (*in)[kActPitch], uint16_t (*out
         mma_bf16_16816(c, a, b[2 * h], b[2 * h + 1]);
       }
     }
-    const int col = kClusterFcRows * rank + 8 * j + 2 * q;
+    const int col = kClusterSlice * rank + 8 * j + 2 * q;
     *reinterpret_cast<uint32_t*>(&out[16 * mt + g][col]) =
         pack_bf16x2_rn(gelu_erf(c[0] + bias[col]), gelu_erf(c[1] + bias[col + 1]));
     *reinterpret_cast<uint32_t*>(&out[16 * mt + g + 8][col]) =
@@ -100,26 +227,37 @@ ZK_DEVICE void cluster_mlp_layer(const uint16_t (*in)[kActPitch], uint16_t (*out
   }
 }
 
-// After a cluster barrier: copy the 7 other CTAs' column slices of rows [first_row, first_row + rows)
-// of `act` (each CTA wrote its own slice locally) into this CTA's `act`, 16 bytes a load. No CTA
-// writes the slices being read until the next cluster barrier.
-ZK_DEVICE void cluster_gather_slices(uint16_t (*act)[kActPitch], int first_row, int rows, int rank, int thread) {
-  constexpr int kPieces = kClusterFcRows * 2 / 16;  // 16-byte pieces per row of a slice
-  for (int i = thread; i < (kRouterClusterSize - 1) * rows * kPieces; i += kClusterThreads) {
-    const int peer = (rank + 1 + i / (rows * kPieces)) % kRouterClusterSize;
-    const int row = first_row + (i / kPieces) % rows, piece = i % kPieces;
-    uint16_t* local = &act[row][kClusterFcRows * peer + 8 * piece];
-    const float4 v = dsmem_load_f32x4(dsmem_map(smem_addr(local), peer));
-    *reinterpret_cast<float4*>(local) = v;
+// This CTA's share of the logits, h2[:, slice] x W_out[:, slice]^T, stored row by row into the CTA
+// that owns the row (logit_parts[rank] there). h2: this CTA's columns of `act`.
+template <int kRows>
+ZK_DEVICE void push_partial_logits(ClusterSmem<kRows>& s, const uint16_t (*act)[kActPitch], int rank, int thread) {
+  constexpr int kRowsPerCta = ClusterShape<kRows>::kRowsPerCta;
+  const int route = thread % kRouterMaxRoutes;
+  uint32_t w[kClusterSlice / 2];
+#pragma unroll
+  for (int k = 0; k < kClusterSlice / 2; k += 4) *reinterpret_cast<uint4*>(&w[k]) = *reinterpret_cast<const uint4*>(&s.out_w[route][k]);
+#pragma unroll
+  for (int i = 0; i < ClusterShape<kRows>::kLogitItems; ++i) {
+    const int row = thread / kRouterMaxRoutes + i * (kClusterThreads / kRouterMaxRoutes);
+    const uint32_t* h = reinterpret_cast<const uint32_t*>(&act[row][kClusterSlice * rank]);
+    float dot = 0.f;
+#pragma unroll
+    for (int k = 0; k < kClusterSlice / 2; ++k) {
+      const uint32_t hk = h[k];
+      dot = fmaf(bf16_lo(hk), bf16_lo(w[k]), dot);
+      dot = fmaf(bf16_hi(hk), bf16_hi(w[k]), dot);
+    }
+    const int owner = row / kRowsPerCta;
+    dsmem_store_f32(dsmem_map(smem_addr(&s.logit_parts[rank][row % kRowsPerCta][route]), owner), dot);
   }
-  __syncthreads();
 }
 
 template <int kRows>
 __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kClusterThreads, 1)
     zaya_router_cluster_kernel(const __grid_constant__ RouterTensorMaps maps, const ZayaRouterParams p) {
-  constexpr int kMTiles = kRows / 16;
-  constexpr int kRowsPerCta = kRows / kRouterClusterSize;  // tokens whose logits this CTA computes
+  using Shape = ClusterShape<kRows>;
+  constexpr int kMTiles = Shape::kMTiles;
+  constexpr int kRowsPerCta = Shape::kRowsPerCta;
   extern __shared__ uint8_t smem_raw[];
   ClusterSmem<kRows>& s = *reinterpret_cast<ClusterSmem<kRows>*>(align_smem_1024(smem_raw));
   const int rank = static_cast<int>(cluster_cta_rank());
@@ -129,34 +267,42 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
   const int k_boxes = p.hidden / (kRouterClusterSize * 64);
   const int k_first = rank * k_boxes * 64;  // first column of this CTA's K slice
 
-  if (thread == 32) {  // descriptor fetches overlap the barrier setup below
-    tma_prefetch_descriptor(&maps.x);
-    tma_prefetch_descriptor(&maps.down_w);
-    tma_prefetch_descriptor(&maps.fc1_w);
-    tma_prefetch_descriptor(&maps.fc2_w);
-    tma_prefetch_descriptor(&maps.out_w);
-  }
-  if (thread == 0) {
+  allow_dependent_launch();
+  if (thread == 0) {  // weights first: they do not depend on the kernel before this one
     for (int b = 0; b < k_boxes; ++b) mbar_init(smem_addr(&s.k_box_ready[b]), 1);
     mbar_init(smem_addr(&s.mlp_ready), 1);
     mbar_init_fence();
     for (int b = 0; b < k_boxes; ++b) {
       const uint32_t bar = smem_addr(&s.k_box_ready[b]);
       mbar_arrive_expect_tx(bar, kRows * 128 + kRouterWidth * 128);
-      tma_load_2d(smem_addr(s.staging.load.x[b]), &maps.x, k_first + 64 * b, static_cast<int32_t>(row0), bar);
       tma_load_2d(smem_addr(s.staging.load.down_w[b]), &maps.down_w, k_first + 64 * b, 0, bar);
       tma_load_2d(smem_addr(s.staging.load.down_w[b]) + 128 * 128, &maps.down_w, k_first + 64 * b, 128, bar);
     }
     const uint32_t bar = smem_addr(&s.mlp_ready);
-    mbar_arrive_expect_tx(bar, 4 * (2 * kClusterFcRows + kRouterMaxRoutes) * 128);
+    mbar_arrive_expect_tx(bar, 2 * 4 * kClusterSlice * 128);
     for (int b = 0; b < 4; ++b) {
-      tma_load_2d(smem_addr(s.fc1_w[b]), &maps.fc1_w, 64 * b, kClusterFcRows * rank, bar);
-      tma_load_2d(smem_addr(s.fc2_w[b]), &maps.fc2_w, 64 * b, kClusterFcRows * rank, bar);
-      tma_load_2d(smem_addr(s.out_w[b]), &maps.out_w, 64 * b, 0, bar);
+      tma_load_2d(smem_addr(s.fc1_w[b]), &maps.fc1_w, 64 * b, kClusterSlice * rank, bar);
+      tma_load_2d(smem_addr(s.fc2_w[b]), &maps.fc2_w, 64 * b, kClusterSlice * rank, bar);
     }
   }
-  load_router_vectors(p, s.vec, thread, kClusterThreads);
-  __syncthreads();
+  ClusterPrefetch<kRows> f;
+  prefetch_weights<kRows>(p, rank, thread, f);
+  wait_for_prerequisite_grids();
+  if (thread == 0) {
+    for (int b = 0; b < k_boxes; ++b) {
+      tma_load_2d(smem_addr(s.staging.load.x[b]), &maps.x, k_first + 64 * b, static_cast<int32_t>(row0),
+                  smem_addr(&s.k_box_ready[b]));
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < Shape::kReduceItems; ++i) {
+    const ReduceItem it = reduce_item<kRows>(i, thread, rank);
+    const int64_t token = row0 + it.row;
+    f.r_prev[i] = (p.r_prev != nullptr && it.active && token < p.num_tokens)
+                      ? *reinterpret_cast<const uint4*>(p.r_prev + token * p.r_prev_row_stride + it.col0)
+                      : make_uint4(0u, 0u, 0u, 0u);
+  }
+  __syncthreads();  // the barriers are initialised before any thread waits on them
 
   // ---- down-projection partial: [kRows x 256] over this CTA's K slice; warp w owns columns [32w, 32w+32)
   float acc[kMTiles][4][4];
@@ -189,6 +335,7 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
         for (int j = 0; j < 4; ++j) mma_bf16_16816(acc[mt][j], a[mt], bw[j / 2][(j % 2) * 2], bw[j / 2][(j % 2) * 2 + 1]);
     }
   }
+  store_weights<kRows>(f, s, thread);
   __syncthreads();  // every warp is done with the x / W_down boxes that `partial` overlays
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt)
@@ -200,125 +347,87 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
     }
   cluster_sync();  // 1: partials visible to the cluster
 
-  // ---- exchange 1: 4 threads per token row, 8 of this CTA's 32 columns each
-  uint16_t(*act_a)[kActPitch] = reinterpret_cast<uint16_t(*)[kActPitch]>(&s.staging.exchange.partial[0][0]);
-  const int red_row = thread / 4;
-  const int col0 = kClusterFcRows * rank + (thread % 4) * 8;
-  const bool red_active = red_row < kRows;  // uniform per warp (kRows rows x 4 threads = whole warps)
-  const int64_t token = row0 + red_row;
-  const bool token_valid = red_active && token < p.num_tokens;
-  float r[8];
+  // ---- exchange 1: 4 items (8 columns each) per token row of this CTA's slice
+  float r[Shape::kReduceItems][8];
 #pragma unroll
-  for (int e = 0; e < 8; ++e) r[e] = 0.f;
-  float sum_sq = 0.f;
-  if (red_active) {
-    const uint32_t local = smem_addr(&s.staging.exchange.partial[red_row][col0]);
+  for (int i = 0; i < Shape::kReduceItems; ++i) {
+    const ReduceItem it = reduce_item<kRows>(i, thread, rank);
+    float sum_sq = 0.f;
+    if (it.active) {  // uniform per warp (whole rows of 4 items)
+      sum_partials(s, it.row, it.col0, r[i]);
+      const uint32_t words[4] = {f.r_prev[i].x, f.r_prev[i].y, f.r_prev[i].z, f.r_prev[i].w};
 #pragma unroll
-    for (int peer = 0; peer < kRouterClusterSize; ++peer) {
-      const uint32_t remote = dsmem_map(local, peer);
-      const float4 lo = dsmem_load_f32x4(remote), hi = dsmem_load_f32x4(remote + 16);
-      r[0] += lo.x; r[1] += lo.y; r[2] += lo.z; r[3] += lo.w;
-      r[4] += hi.x; r[5] += hi.y; r[6] += hi.z; r[7] += hi.w;
-    }
+      for (int e = 0; e < 8; ++e) {
+        r[i][e] += s.vec.down_b[it.col0 + e];
+        if (p.r_prev != nullptr) {
+          r[i][e] = eda_update(r[i][e], s.vec.eda_scale[it.col0 + e], e % 2 ? bf16_hi(words[e / 2]) : bf16_lo(words[e / 2]));
+        }
+        sum_sq += r[i][e] * r[i][e];
+      }
+      sum_sq = row_sum<kSliceQuarters>(sum_sq);
+      if (thread % kSliceQuarters == 0) {
+        const uint32_t local = smem_addr(&s.sum_squares[rank][it.row]);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) r[e] += s.vec.down_b[col0 + e];
-    if (p.r_prev != nullptr && token_valid) {
-      const uint4 prev = *reinterpret_cast<const uint4*>(p.r_prev + token * p.r_prev_row_stride + col0);
-      const uint32_t words[4] = {prev.x, prev.y, prev.z, prev.w};
-#pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        r[2 * w] = eda_update(r[2 * w], s.vec.eda_scale[col0 + 2 * w], bf16_lo(words[w]));
-        r[2 * w + 1] = eda_update(r[2 * w + 1], s.vec.eda_scale[col0 + 2 * w + 1], bf16_hi(words[w]));
+        for (int peer = 0; peer < kRouterClusterSize; ++peer) dsmem_store_f32(dsmem_map(local, peer), sum_sq);
       }
     }
-#pragma unroll
-    for (int e = 0; e < 8; ++e) sum_sq += r[e] * r[e];
-  }
-  sum_sq = row_sum<4>(sum_sq);
-  if (red_active && thread % 4 == 0) {
-    const uint32_t local = smem_addr(&s.sum_squares[rank][red_row]);
-#pragma unroll
-    for (int peer = 0; peer < kRouterClusterSize; ++peer) dsmem_store_f32(dsmem_map(local, peer), sum_sq);
   }
   cluster_sync();  // 2: row sums everywhere; every CTA is done reading partials (act_a may now be written)
 
   // ---- exchange 2: n = bf16(r / rms * norm_w), this CTA's slice, then everyone's
-  if (red_active) {
+  uint16_t(*act_a)[kActPitch] = reinterpret_cast<uint16_t(*)[kActPitch]>(&s.staging.exchange.partial[0][0]);
+#pragma unroll
+  for (int i = 0; i < Shape::kReduceItems; ++i) {
+    const ReduceItem it = reduce_item<kRows>(i, thread, rank);
+    if (!it.active) continue;
     float total = 0.f;
 #pragma unroll
-    for (int peer = 0; peer < kRouterClusterSize; ++peer) total += s.sum_squares[peer][red_row];
+    for (int peer = 0; peer < kRouterClusterSize; ++peer) total += s.sum_squares[peer][it.row];
     const float inv_rms = rms_inverse(total, kRouterWidth, p.eps);
     uint32_t n[4];
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
-      n[w] = pack_bf16x2_rn(rms_normalize(r[2 * w], inv_rms, s.vec.norm_w[col0 + 2 * w]),
-                            rms_normalize(r[2 * w + 1], inv_rms, s.vec.norm_w[col0 + 2 * w + 1]));
+      n[w] = pack_bf16x2_rn(rms_normalize(r[i][2 * w], inv_rms, s.vec.norm_w[it.col0 + 2 * w]),
+                            rms_normalize(r[i][2 * w + 1], inv_rms, s.vec.norm_w[it.col0 + 2 * w + 1]));
     }
-    *reinterpret_cast<uint4*>(&act_a[red_row][col0]) = make_uint4(n[0], n[1], n[2], n[3]);
+    *reinterpret_cast<uint4*>(&act_a[it.row][it.col0]) = make_uint4(n[0], n[1], n[2], n[3]);
   }
   mbar_wait(smem_addr(&s.mlp_ready), 0);
   cluster_sync();  // 3: every CTA's n slice written
-  cluster_gather_slices(act_a, 0, kRows, rank, thread);
+  cluster_gather_slices<kRows>(act_a, rank, thread);
 
   const uint32_t fc1_boxes = smem_addr(s.fc1_w[0]), fc2_boxes = smem_addr(s.fc2_w[0]);
   cluster_mlp_layer<kRows>(act_a, s.staging.exchange.act_b, fc1_boxes, s.vec.fc1_b, rank, warp, lane);
   cluster_sync();  // 4: every h1 slice written; every CTA is done pulling n (act_a may take h2)
-  cluster_gather_slices(s.staging.exchange.act_b, 0, kRows, rank, thread);
+  cluster_gather_slices<kRows>(s.staging.exchange.act_b, rank, thread);
   cluster_mlp_layer<kRows>(s.staging.exchange.act_b, act_a, fc2_boxes, s.vec.fc2_b, rank, warp, lane);
-  cluster_sync();  // 5: every h2 slice written
-  // Only this CTA's kRowsPerCta logit rows need all of h2. These pulls are the last DSMEM accesses; the
-  // barrier that keeps the peers alive for them comes after the logits (below).
-  cluster_gather_slices(act_a, rank * kRowsPerCta, kRowsPerCta, rank, thread);
+  __syncthreads();  // this CTA's h2 slice is complete
+  push_partial_logits<kRows>(s, act_a, rank, thread);
+  cluster_sync();  // 5: every partial logit landed; every CTA is done pulling h1 (last remote access)
 
-  // ---- logits of this CTA's kRowsPerCta tokens: kParts threads split each 256-long dot product
-  constexpr int kParts = kClusterThreads / (kRowsPerCta * kRouterMaxRoutes);
-  constexpr int kKPerPart = kRouterWidth / kParts;
-  static_assert(kParts * kRowsPerCta * kRouterMaxRoutes == kClusterThreads, "one thread per (row, route, part)");
-  {
-    const int part = thread % kParts;
-    const int route = (thread / kParts) % kRouterMaxRoutes;
-    const int local_row = thread / (kParts * kRouterMaxRoutes);
-    const uint16_t* h2 = act_a[rank * kRowsPerCta + local_row];
-    const uint32_t w_boxes = smem_addr(s.out_w[0]);
-    float dot = 0.f;
-#pragma unroll 4
-    for (int k = part * kKPerPart; k < (part + 1) * kKPerPart; k += 8) {
-      const uint4 hv = *reinterpret_cast<const uint4*>(h2 + k);
-      uint4 wv;
-      asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                   : "=r"(wv.x), "=r"(wv.y), "=r"(wv.z), "=r"(wv.w)
-                   : "r"(w_boxes + (k / 64) * (kRouterMaxRoutes * 128) + swizzle128_offset(route, k % 64)));
-      const uint32_t hw[4] = {hv.x, hv.y, hv.z, hv.w}, ww[4] = {wv.x, wv.y, wv.z, wv.w};
+  // ---- this CTA's kRowsPerCta tokens: sum of the 8 partial logits, softmax, biased top-1; warp per token
+  for (int local_row = warp; local_row < kRowsPerCta; local_row += kClusterThreads / 32) {
+    float logit = 0.f;
 #pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        dot = fmaf(bf16_lo(hw[w]), bf16_lo(ww[w]), dot);
-        dot = fmaf(bf16_hi(hw[w]), bf16_hi(ww[w]), dot);
-      }
-    }
-#pragma unroll
-    for (int offset = kParts / 2; offset > 0; offset /= 2) dot += shfl_xor(dot, offset);
-    if (part == 0) s.logits[local_row][route] = dot;
-  }
-  __syncthreads();
-  RouteChoice choice{0, 0.f};
-  if (warp < kRowsPerCta) {
-    const float logit[1] = {s.logits[warp][lane]};
+    for (int src = 0; src < kRouterClusterSize; ++src) logit += s.logit_parts[src][local_row][lane];
+    const float logits[1] = {logit};
     const int route[1] = {lane};
     const float bias[1] = {s.vec.balancing_bias[lane]};
-    choice = route_top1<32, 1>(logit, route, bias, p.num_routes);
-  }
-  cluster_sync();  // 6: every CTA is done pulling h2 from its peers
-  if (warp < kRowsPerCta) {
-    const int64_t t = row0 + rank * kRowsPerCta + warp;
+    const RouteChoice choice = route_top1<32, 1>(logits, route, bias, p.num_routes);
+    const int64_t t = row0 + rank * kRowsPerCta + local_row;
     if (lane == 0 && t < p.num_tokens) store_route(p, t, choice);
   }
-  if (token_valid) {  // r_out last: no cluster barrier waits for these stores
+#pragma unroll
+  for (int i = 0; i < Shape::kReduceItems; ++i) {
+    const ReduceItem it = reduce_item<kRows>(i, thread, rank);
+    const int64_t token = row0 + it.row;
+    if (!it.active || token >= p.num_tokens) continue;
     uint4 out;
-    out.x = pack_bf16x2_rn(r[0], r[1]);
-    out.y = pack_bf16x2_rn(r[2], r[3]);
-    out.z = pack_bf16x2_rn(r[4], r[5]);
-    out.w = pack_bf16x2_rn(r[6], r[7]);
-    *reinterpret_cast<uint4*>(p.r_out + token * p.r_out_row_stride + col0) = out;
+    out.x = pack_bf16x2_rn(r[i][0], r[i][1]);
+    out.y = pack_bf16x2_rn(r[i][2], r[i][3]);
+    out.z = pack_bf16x2_rn(r[i][4], r[i][5]);
+    out.w = pack_bf16x2_rn(r[i][6], r[i][7]);
+    *reinterpret_cast<uint4*>(p.r_out + token * p.r_out_row_stride + it.col0) = out;
   }
 }
 

@@ -5,8 +5,7 @@
 namespace zk {
 
 const char* launch_moe_align(const MoeAlignParams& params, StreamHandle stream) {
-  moe_align_launch(params, static_cast<stream_t>(stream));
-  return last_launch_error();
+  return moe_align_launch(params, static_cast<stream_t>(stream));
 }
 
 }  // namespace zk
