@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """CPU tier: the routing kernels' host-checkable parts.
 
-1. A step-by-step model of the moe_align kernels' walk (chunks of CTAs, warps, steps of one pair per
-   lane, ballot groups, per-warp running slots) at warp 32 and wave 64, against reference.moe_align:
-   the index math that must cover every pair once, in ascending order, at either width. Likewise the
-   one-CTA fast path's scan over expert-owning lanes and its padding/block writes (each element once).
-2. The __host__ __device__ helpers of csrc/common/{moe_align,zaya_router_math}.cuh and the swizzle
+1. A step-by-step model of the moe_align kernels (the chunk plan, warps' runs in passes of steps of one
+   pair per lane, ballots, expert-owning lanes' masks and counts, ranks, chunk totals, the per-warp scan,
+   the scatter, padding/block/tail writes) at warp 32 and wave 64, against reference.moe_align: the
+   index math that must cover every pair once, in ascending order, and write every output element once.
+2. The __host__ __device__ helpers of csrc/common/{moe_align,zaya_router_math}.cuh, the chunk plan of
+   csrc/common/params.h, and the swizzle
    of csrc/cuda/zaya_router_sm90_load.cuh, compiled by nvcc into a host program (no GPU needed) and
    compared with Python: segment search, bucket bits, bf16 rounding, exact GELU, the tie rule.
 3. The MMA layout fact the tile kernel relies on (wgmma accumulator columns = next A operand).
@@ -26,153 +27,274 @@ import torch.nn.functional as F
 from zaya_kernels import reference
 
 REPO = Path(__file__).resolve().parent.parent
-CHUNK_PAIRS = 8192   # csrc/common/params.h kAlignPairsPerChunk
-ALIGN_THREADS = 512  # csrc/common/moe_align.cuh kAlignThreads
-SMALL_PAIRS = 1024   # csrc/common/params.h kAlignSmallMaxPairs: the one-CTA fast path
-SMALL_EXPERTS = 64   # csrc/common/params.h kAlignSmallMaxExperts
-SMALL_THREADS = 256  # csrc/common/moe_align.cuh kAlignSmallThreads
+PASS_PAIRS = 1024          # csrc/common/params.h kAlignPassPairs: a chunk of the chunked path is whole passes
+MAX_CHUNKS = 128           # csrc/common/params.h kAlignMaxChunks
+MAX_CHUNK_COUNTS = 8192    # csrc/common/params.h kAlignMaxChunkCounts: chunk_counts entries one sorting CTA reads
+ALIGN_THREADS = 256        # csrc/common/moe_align.cuh kAlignThreads
+MIN_BITS = 4               # csrc/common/moe_align.cuh kAlignMinBits
+INDEX_SLACK = PASS_PAIRS * MAX_CHUNKS  # csrc/ops/moe_align.cpp kIndexSlack
 
 
 # ---------------------------------------------------------------------------------------------
 # 1. the moe_align walk
 # ---------------------------------------------------------------------------------------------
 
-def model_moe_align(ids: torch.Tensor, num_experts: int, block_m: int, warp: int, threads: int = ALIGN_THREADS,
-                    chunk_pairs: int = CHUNK_PAIRS):
-    """The kernels' algorithm in Python, lane by lane (see csrc/common/moe_align.cuh)."""
+def one_cta_max_pairs(experts: int) -> int:
+    """params.h align_one_cta_max_pairs."""
+    return 4096 if experts <= 64 else 2048 if experts <= 128 else 1024
+
+
+def chunk_plan(num_pairs: int, experts: int) -> tuple[int, int]:
+    """params.h align_chunk_pairs / align_num_chunks: (pairs per chunk, chunks)."""
+    if num_pairs <= one_cta_max_pairs(experts):
+        return one_cta_max_pairs(experts), 1
+    per_pass_max = PASS_PAIRS * min(MAX_CHUNKS, MAX_CHUNK_COUNTS // experts)
+    chunk = -(-num_pairs // per_pass_max) * PASS_PAIRS
+    return chunk, -(-num_pairs // chunk)
+
+
+def kernel_bits(experts: int) -> int:
+    """moe_align.cuh align_kernel_bits: ballots per step, at least MIN_BITS."""
+    return max(MIN_BITS, math.ceil(math.log2(experts)) if experts > 1 else 0)
+
+
+def lane_experts(bits: int, warp: int) -> int:
+    """moe_align.cuh align_lane_experts: R, the experts each lane owns."""
+    return 1 if (1 << bits) <= warp else (1 << bits) // warp
+
+
+def one_cta_steps(r: int, warp: int) -> int:
+    """moe_align.cuh align_one_cta_steps."""
+    return min(16, 1024 // (r * warp))
+
+
+def model_moe_align(ids: torch.Tensor, num_experts: int, block_m: int, warp: int, plan: tuple[int, int] | None = None):
+    """The kernels' algorithm in Python, lane by lane (see csrc/common/moe_align.cuh): the chunk plan, each
+    warp's run in passes of S steps, the ballots, the owner lanes' masks and counts, ranks and offsets, the
+    chunk totals, the per-warp scan, the scatter, and every other output written exactly once.
+    `plan` (pairs per chunk, chunks) overrides chunk_plan to reach passes > 1 with small inputs."""
     flat = ids.reshape(-1).tolist()
     n = len(flat)
-    warps, steps = threads // warp, chunk_pairs // threads
-    chunks = max(1, -(-n // chunk_pairs))
-    bucket = [e if 0 <= e < num_experts else num_experts for e in flat]
+    chunk_pairs, num_chunks = plan or chunk_plan(n, num_experts)
+    assert num_chunks == max(1, -(-n // chunk_pairs))
+    warps = ALIGN_THREADS // warp
+    bits = kernel_bits(num_experts)
+    r_per_lane = lane_experts(bits, warp)
+    low = r_per_lane.bit_length() - 1
+    # moe_align_launch_for: one CTA of 4 steps up to 1024 pairs, of one_cta_steps above; 4 steps per pass chunked
+    one_cta = num_chunks == 1 and plan is None and n > PASS_PAIRS
+    steps = one_cta_steps(r_per_lane, warp) if one_cta else PASS_PAIRS // ALIGN_THREADS
+    full = (1 << warp) - 1
+    owners = -(-num_experts // r_per_lane)
+    assert owners <= warp and num_experts <= r_per_lane * warp <= max(warp, 1 << bits)
 
-    def lanes(c, w, s):  # (pair, bucket) of each lane at step s of warp w in chunk c; bucket -1 = no pair
-        chunk_n = min(chunk_pairs, n - c * chunk_pairs)
-        run = -(-(-(-chunk_n // warps)) // warp) * warp  # align_warp_run: ceil(n / warps) up to whole steps
-        assert run <= steps * warp and run * warps >= chunk_n
-        result = []
-        for lane in range(warp):
-            in_run = s * warp + lane
-            index = w * run + in_run
-            valid = in_run < run and index < chunk_n
-            result.append((c * chunk_pairs + index, bucket[c * chunk_pairs + index] if valid else -1))
-        return result
+    def runs(c):  # (first pair, pairs) of each warp's run of chunk c
+        first = c * chunk_pairs
+        chunk_n = min(chunk_pairs, n - first)
+        run = -(-(-(-chunk_n // warps)) // warp) * warp  # align_run_length
+        return [(first + w * run, max(0, min(run, chunk_n - w * run))) for w in range(warps)]
 
-    counts = [[[0] * num_experts for _ in range(warps)] for _ in range(chunks)]
+    def ballot(preds):
+        return sum(1 << lane for lane, pred in enumerate(preds) if pred)
+
+    def walk(first, pairs, pass_index):
+        """align_load_pass + align_walk: per step the lanes' (pair, expert or -1, offset); the owners' counts."""
+        done = pass_index * steps * warp
+        m = max(0, min(pairs - done, steps * warp))
+        count = [[0] * r_per_lane for _ in range(warp)]  # owner lane, r
+        out = []
+        for s in range(-(-m // warp)):
+            pair = [first + done + s * warp + lane for lane in range(warp)]
+            ident = [flat[pair[lane]] if s * warp + lane < m else -1 for lane in range(warp)]
+            bucket = [v if 0 <= v < num_experts else -1 for v in ident]
+            valid = ballot(b >= 0 for b in bucket)
+            bit_set = [ballot((b >> k) & 1 for b in bucket) for k in range(bits)]  # -1 sets every bit
+            masks = []
+            for lane in range(warp):
+                high = valid
+                for k in range(low, bits):
+                    high &= bit_set[k] if (lane >> (k - low)) & 1 else full & ~bit_set[k]
+                row = []
+                for r in range(r_per_lane):
+                    mask = high
+                    for k in range(low):
+                        mask &= bit_set[k] if (r >> k) & 1 else full & ~bit_set[k]
+                    row.append(mask)
+                    e = lane * r_per_lane + r
+                    if e < num_experts:
+                        assert mask == ballot(b == e for b in bucket), "an owner's mask is exactly its expert's lanes"
+                masks.append(row)
+            lanes = []
+            for lane, b in enumerate(bucket):
+                if b < 0:
+                    lanes.append((pair[lane], -1, 0))
+                    continue
+                owner, r = b >> low, b & (r_per_lane - 1)
+                peers = masks[owner][r]
+                if r_per_lane > 1:  # the pair's own AND of the ballots
+                    peers = valid
+                    for k in range(bits):
+                        peers &= bit_set[k] if (b >> k) & 1 else full & ~bit_set[k]
+                rank = bin(peers & ((1 << lane) - 1)).count("1")
+                lanes.append((pair[lane], b, count[owner][r] + rank))
+            for lane in range(warp):
+                for r in range(r_per_lane):
+                    count[lane][r] += bin(masks[lane][r]).count("1")
+            out.append(lanes)
+        by_expert = [count[e // r_per_lane][e % r_per_lane] for e in range(num_experts)]
+        return out, by_expert
+
+    def passes(pairs):
+        return -(-pairs // (steps * warp))
+
+    # counting (per chunk; with one chunk, the sorting CTA counts for itself)
     visited = []
-    for c in range(chunks):
-        for w in range(warps):
-            for s in range(steps):
-                for pair, b in lanes(c, w, s):
-                    if 0 <= b < num_experts:
-                        counts[c][w][b] += 1
-                    if b >= 0:
-                        visited.append(pair)
-    assert sorted(visited) == list(range(n)), "every pair visited exactly once"
-    totals = [sum(counts[c][w][e] for c in range(chunks) for w in range(warps)) for e in range(num_experts)]
-    starts = [0]
-    for e in range(num_experts):
-        starts.append(starts[-1] + -(-totals[e] // block_m) * block_m)
+    warp_counts = []  # [chunk][warp][e]
+    for c in range(num_chunks):
+        rows = []
+        for first, pairs in runs(c):
+            total = [0] * num_experts
+            for pi in range(max(1, passes(pairs))):
+                lanes_by_step, counted = walk(first, pairs, pi)
+                total = [a + b for a, b in zip(total, counted)]
+                visited += [pr for lanes in lanes_by_step for pr, b, _ in lanes if 0 <= pr - first < pairs]
+            rows.append(total)
+        warp_counts.append(rows)
+    assert sorted(set(visited)) == list(range(n)) and len(visited) == n, "every pair walked exactly once"
+    chunk_counts = [[sum(warp_counts[c][w][e] for w in range(warps)) for c in range(num_chunks)]
+                    for e in range(num_experts)]  # [E, num_chunks]
+
     capacity = n + num_experts * (block_m - 1)
-    out = [None] * capacity
-    for c in range(chunks):
-        for w in range(warps):
-            running = [starts[e] + sum(counts[cc][ww][e] for cc in range(chunks) for ww in range(warps)
-                                       if (cc, ww) < (c, w)) for e in range(num_experts)]
-            for s in range(steps):
-                group = lanes(c, w, s)
-                for lane, (pair, b) in enumerate(group):
-                    if 0 <= b < num_experts:
-                        rank = sum(1 for other in group[:lane] if other[1] == b)
-                        assert out[running[b] + rank] is None
-                        out[running[b] + rank] = pair
-                for b in {b for _, b in group if 0 <= b < num_experts}:
-                    running[b] += sum(1 for _, other in group if other == b)
-    sorted_ids = [n if v is None else v for v in out]
-    blocks = [max(e for e in range(num_experts) if starts[e] <= blk * block_m) if blk * block_m < starts[-1] else -1
-              for blk in range(-(-capacity // block_m))]
-    return sorted_ids, blocks, starts, starts[-1]
+    num_blocks = -(-capacity // block_m)
+    sorted_ids, block_ids, offsets, num_padded_out = [None] * capacity, [None] * num_blocks, [None] * (num_experts + 1), []
+
+    def write(buffer, index, v):
+        assert buffer[index] is None, f"element {index} written twice"
+        buffer[index] = v
+
+    for c in range(num_chunks):
+        for w, (first, pairs) in enumerate(runs(c)):
+            # align_scan of warp w: owner lanes' totals and blocks, a prefix over the owner lanes
+            total = [sum(chunk_counts[e]) if num_chunks > 1 else sum(warp_counts[c][ww][e] for ww in range(warps))
+                     for e in range(num_experts)]
+            before = [sum(warp_counts[c][ww][e] for ww in range(w)) + (sum(chunk_counts[e][:c]) if num_chunks > 1 else 0)
+                      for e in range(num_experts)]
+            blocks = [-(-t // block_m) for t in total]
+            lane_blocks = [sum(blocks[o * r_per_lane:(o + 1) * r_per_lane]) for o in range(owners)]
+            first_block, acc = [], 0
+            for o in range(owners):
+                for e in range(o * r_per_lane, min(num_experts, (o + 1) * r_per_lane)):
+                    first_block.append(acc)
+                    acc += blocks[e]
+            padded_blocks = sum(lane_blocks)
+            assert acc == padded_blocks
+            running = [first_block[e] * block_m + before[e] for e in range(num_experts)]
+            # align_scatter, pass by pass
+            for pi in range(max(1, passes(pairs))):
+                lanes_by_step, counted = walk(first, pairs, pi)
+                for lanes in lanes_by_step:
+                    for pr, b, offset in lanes:
+                        if b >= 0:
+                            write(sorted_ids, running[b] + offset, pr)
+                running = [a + b for a, b in zip(running, counted)]
+            # align_write_rest of global warp g: experts g, g + all warps, ...
+            g, all_warps = c * warps + w, num_chunks * warps
+            for e in range(g, num_experts, all_warps):
+                end_block = first_block[e] + blocks[e]
+                for slot in range(first_block[e] * block_m + total[e], end_block * block_m):
+                    write(sorted_ids, slot, n)
+                for blk in range(first_block[e], end_block):
+                    write(block_ids, blk, e)
+            for lane in range(warp):
+                thread, all_threads = c * ALIGN_THREADS + w * warp + lane, num_chunks * ALIGN_THREADS
+                for slot in range(padded_blocks * block_m + thread, capacity, all_threads):
+                    write(sorted_ids, slot, n)
+                for blk in range(padded_blocks + thread, num_blocks, all_threads):
+                    write(block_ids, blk, -1)
+            if c == 0 and w == 0:
+                for e in range(num_experts):
+                    write(offsets, e, first_block[e] * block_m)
+                write(offsets, num_experts, padded_blocks * block_m)
+                num_padded_out.append(padded_blocks * block_m)
+    assert None not in sorted_ids and None not in block_ids, "every output element written"
+    return sorted_ids, block_ids, offsets, num_padded_out[0]
 
 
 @pytest.mark.parametrize("warp", (32, 64))
-@pytest.mark.parametrize("tokens,k,experts,block_m,chunk_pairs,threads", [
-    (1, 1, 16, 64, CHUNK_PAIRS, ALIGN_THREADS), (37, 2, 16, 16, CHUNK_PAIRS, ALIGN_THREADS),
-    (500, 1, 7, 3, 256, 128), (333, 3, 16, 8, 128, 64), (2000, 2, 64, 32, 1024, 256), (0, 1, 4, 4, 256, 128),
-    # the fast path's walk: one chunk of SMALL_PAIRS over SMALL_THREADS threads, at and below its bound
-    (1, 1, 16, 64, SMALL_PAIRS, SMALL_THREADS), (1024, 1, 16, 64, SMALL_PAIRS, SMALL_THREADS),
-    (128, 8, 64, 128, SMALL_PAIRS, SMALL_THREADS), (341, 3, 64, 1, SMALL_PAIRS, SMALL_THREADS)])
-def test_moe_align_walk_matches_reference(warp, tokens, k, experts, block_m, chunk_pairs, threads, gen):
+@pytest.mark.parametrize("tokens,k,experts,block_m,plan", [
+    # one CTA: empty, one pair, the ZAYA1 shapes at the 1024 / 4096 bounds, R = 2 (warp 32) and E = 1
+    (0, 1, 16, 64, None), (1, 1, 16, 64, None), (37, 2, 16, 16, None), (1024, 1, 16, 64, None),
+    (4096, 1, 16, 64, None), (341, 3, 64, 1, None), (77, 1, 1, 128, None), (500, 1, 7, 3, None),
+    # one CTA with 4 and 8 experts per lane (E <= 128: 2048 pairs, E <= 256: 1024 pairs)
+    (1000, 2, 100, 16, None), (1024, 1, 256, 64, None),
+    # chunked: one past the one-CTA bound, a multiple of the chunk, one past it, E = 33 (R = 2 on warp 32)
+    (4097, 1, 16, 64, None), (5120, 1, 16, 64, None), (5121, 1, 16, 8, None), (2100, 2, 33, 5, None),
+    (1025, 1, 256, 7, None), (700, 3, 129, 16, None),
+    # several passes per chunk, forced with a small input (the default plan needs T*k > 131072 at E = 16)
+    (3000, 2, 16, 32, (3 * PASS_PAIRS, 2)), (2500, 1, 40, 4, (2 * PASS_PAIRS, 2)), (1500, 1, 256, 64, (2 * PASS_PAIRS, 1))])
+def test_moe_align_walk_matches_reference(warp, tokens, k, experts, block_m, plan, gen):
     ids = torch.randint(-1, experts + 2, (tokens, k), generator=gen, dtype=torch.int32)
     sorted_ids, blocks, offsets, num_padded = reference.moe_align(ids, experts, block_m)
-    got = model_moe_align(ids, experts, block_m, warp, threads, chunk_pairs)
+    got = model_moe_align(ids, experts, block_m, warp, plan)
     assert got[0] == sorted_ids.tolist()
     assert got[1] == blocks.tolist()
     assert got[2] == offsets.tolist()
     assert got[3] == num_padded.item()
 
 
-def model_small_rest(ids: torch.Tensor, num_experts: int, block_m: int, warp: int):
-    """moe_align_small_kernel's steps 2 and 4 lane by lane (align_small_scan, align_small_write_rest):
-    lane l owns experts l*R .. l*R + R-1, a shuffle scan of blocks over the owner lanes, then each
-    warp writes its owners' padding and blocks and the CTA the tail. Returns (sorted_ids with None in
-    the pairs' slots, blocks, offsets), each element written exactly once."""
-    flat = ids.reshape(-1).tolist()
-    n = len(flat)
-    per_lane, warps = SMALL_EXPERTS // warp, SMALL_THREADS // warp
-    totals = [sum(1 for v in flat if v == e) for e in range(num_experts)]
-    total = [[totals[l * per_lane + r] if l * per_lane + r < num_experts else 0 for r in range(per_lane)]
-             for l in range(warp)]
-    blocks = [[-(-t // block_m) for t in lane] for lane in total]
-    lane_blocks = [sum(b) for b in blocks]
-    owners = -(-num_experts // per_lane)
-    value, offset = list(lane_blocks), 1
-    while offset < owners:  # warp_inclusive_sum
-        value = [value[l] + (value[l - offset] if l >= offset else 0) for l in range(warp)]
-        offset *= 2
-    padded_blocks = value[owners - 1]
-    first = [[value[l] - lane_blocks[l] + sum(blocks[l][:r]) for r in range(per_lane)] for l in range(warp)]
+def test_moe_align_walk_all_pairs_on_one_expert(gen):
+    ids = torch.full((5000, 1), 3, dtype=torch.int32)
+    for warp in (32, 64):
+        got = model_moe_align(ids, 16, 64, warp)
+        assert got[0] == reference.moe_align(ids, 16, 64)[0].tolist()
 
-    capacity = n + num_experts * (block_m - 1)
-    num_blocks = -(-capacity // block_m)
-    sorted_ids, block_ids = [None] * capacity, [None] * num_blocks
 
-    def write(buffer, index, v):
-        assert buffer[index] is None, f"element {index} written twice"
-        buffer[index] = v
-
-    for w in range(warps):
-        for owner in range(w, owners, warps):
-            for r in range(per_lane):
-                e = owner * per_lane + r
-                if e >= num_experts:
-                    break
-                fb, eb = first[owner][r], first[owner][r] + blocks[owner][r]
-                for slot in range(fb * block_m + total[owner][r], eb * block_m):
-                    write(sorted_ids, slot, n)
-                for b in range(fb, eb):
-                    write(block_ids, b, e)
-    for slot in range(padded_blocks * block_m, capacity):
-        write(sorted_ids, slot, n)
-    for b in range(padded_blocks, num_blocks):
-        write(block_ids, b, -1)
-    offsets = [first[e // per_lane][e % per_lane] * block_m for e in range(num_experts)] + [padded_blocks * block_m]
-    return sorted_ids, block_ids, offsets
+@pytest.mark.parametrize("experts", (1, 2, 7, 8, 16, 17, 32, 33, 64, 65, 128, 129, 255, 256))
+def test_moe_align_plan(experts):
+    """The chunk plan's promises (params.h): one chunk up to the one-CTA bound and walked in one pass; above
+    it whole passes of 1024 pairs, at most align_max_chunks(E) chunks and kAlignMaxChunkCounts entries of
+    chunk_counts per sorting CTA; the grid-stride loops' overshoot within the launcher's int32 slack."""
+    bound = one_cta_max_pairs(experts)
+    for warp in (32, 64):
+        r = lane_experts(kernel_bits(experts), warp)
+        assert experts <= r * warp
+        run = -(-(-(-bound // (ALIGN_THREADS // warp))) // warp) * warp
+        assert run <= one_cta_steps(r, warp) * warp, "the one-CTA launch walks its pairs in one pass"
+    for n in (0, 1, bound, bound + 1, 4 * PASS_PAIRS + 1, 65536, 131072, 131073, 262144, 2**20 + 3, 2**29):
+        chunk, chunks = chunk_plan(n, experts)
+        assert chunks == max(1, -(-n // chunk))
+        if n <= bound:
+            assert chunks == 1
+            continue
+        assert chunk % PASS_PAIRS == 0 and chunks >= 2
+        assert chunks <= min(MAX_CHUNKS, MAX_CHUNK_COUNTS // experts) and chunks * experts <= MAX_CHUNK_COUNTS
+        assert chunks * ALIGN_THREADS <= INDEX_SLACK
+        assert chunk == PASS_PAIRS or (chunk - PASS_PAIRS) * min(MAX_CHUNKS, MAX_CHUNK_COUNTS // experts) < n, \
+            "chunks grow past one pass only when there would be too many"
+    assert chunk_plan(65536, 16) == (1024, 64), "ZAYA1 prefill T = 65536: 64 CTAs per launch"
+    assert chunk_plan(4096, 16) == (4096, 1) and chunk_plan(4097, 16) == (1024, 5)
 
 
 @pytest.mark.parametrize("warp", (32, 64))
-@pytest.mark.parametrize("tokens,k,experts,block_m", [
-    (1, 1, 16, 64), (1024, 1, 16, 64), (128, 8, 64, 128), (341, 3, 64, 1), (0, 1, 16, 64), (7, 2, 1, 16),
-    (100, 1, 33, 16), (512, 2, 63, 3)])
-def test_moe_align_small_rest_matches_reference(warp, tokens, k, experts, block_m, gen):
-    ids = torch.randint(-1, experts + 2, (tokens, k), generator=gen, dtype=torch.int32)
-    sorted_ids, blocks, offsets, _ = reference.moe_align(ids, experts, block_m)
-    got_sorted, got_blocks, got_offsets = model_small_rest(ids, experts, block_m, warp)
-    assert got_offsets == offsets.tolist()
-    assert got_blocks == blocks.tolist()
-    want = sorted_ids.tolist()
-    pair_slots = [i for i, v in enumerate(got_sorted) if v is None]
-    assert pair_slots == [i for i, v in enumerate(want) if v != ids.numel()], "the scatter fills exactly the rest"
-    assert [v for v in got_sorted if v is not None] == [v for v in want if v == ids.numel()]
+def test_moe_align_chunk_prefix_groups(warp):
+    """align_chunk_prefix: `group` lanes per expert, group-aligned inside one warp (for shfl_xor), every
+    (expert, chunk) entry read by exactly one lane, every expert covered by the CTA's threads."""
+    for experts in range(1, 257):
+        group = warp
+        while group * experts > ALIGN_THREADS:
+            group //= 2
+        assert group >= 1 and warp % group == 0
+        for chunks in (2, 5, 64, 128):
+            if chunks * experts > MAX_CHUNK_COUNTS:
+                continue
+            seen = {}
+            for t in range(ALIGN_THREADS):
+                e, j = t // group, t % group
+                assert t // warp == (t - j) // warp == (t - j + group - 1) // warp, "a group stays in one warp"
+                if e < experts:
+                    for c in range(j, chunks, group):
+                        seen[(e, c)] = seen.get((e, c), 0) + 1
+            assert seen == {(e, c): 1 for e in range(experts) for c in range(chunks)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,16 +311,30 @@ HOST_PROGRAM = r"""
 int main() {
   using namespace zk;
   std::printf("{\"bits\": [");
-  for (int e = 1; e <= 256; ++e) std::printf("%d%s", align_bucket_bits(e), e < 256 ? "," : "");
-  const int32_t starts[5] = {0, 64, 64, 192, 256};
-  std::printf("], \"segment\": [");
-  for (int pos = 0; pos < 256; ++pos) std::printf("%d%s", align_segment_of(starts, 5, pos), pos < 255 ? "," : "");
-  std::printf("], \"round_up\": [%d, %d, %d, %d]", round_up_to(0, 64), round_up_to(1, 64), round_up_to(64, 64),
+  for (int e = 1; e <= 256; ++e) std::printf("%d%s", align_expert_bits(e), e < 256 ? "," : "");
+  std::printf("], \"kernel_bits\": [");
+  for (int e = 1; e <= 256; ++e) std::printf("%d%s", align_kernel_bits(e), e < 256 ? "," : "");
+  std::printf("], \"lane_experts\": [");
+  for (int b = 4; b <= 8; ++b) std::printf("[%d, %d]%s", align_lane_experts(b, 32), align_lane_experts(b, 64), b < 8 ? "," : "");
+  std::printf("], \"one_cta_steps\": [%d, %d, %d, %d]", align_one_cta_steps(1), align_one_cta_steps(2),
+              align_one_cta_steps(4), align_one_cta_steps(8));
+  std::printf(", \"round_up\": [%d, %d, %d, %d]", round_up_to(0, 64), round_up_to(1, 64), round_up_to(64, 64),
               round_up_to(65, 3));
-  std::printf(", \"bucket\": [%d, %d, %d, %d]", align_bucket(-1, 16), align_bucket(0, 16), align_bucket(15, 16),
-              align_bucket(16, 16));
-  std::printf(", \"small\": [%d, %d, %d, %d, %d]", align_is_small(1024, 64), align_is_small(1025, 64),
-              align_is_small(1024, 65), align_is_small(0, 1), align_is_small(1, 256));
+  std::printf(", \"run\": [%d, %d, %d, %d]", align_run_length(0, 8, 32), align_run_length(1, 8, 32),
+              align_run_length(4096, 8, 32), align_run_length(1000, 4, 64));
+  const long long pairs[] = {0, 1, 1024, 1025, 2048, 2049, 4096, 4097, 5120, 5121, 65536, 131072, 131073, 262144,
+                             1048579, 536870912};
+  const int experts[] = {1, 16, 17, 64, 65, 128, 129, 256};
+  std::printf(", \"plan\": [");
+  bool first = true;
+  for (long long n : pairs) {
+    for (int e : experts) {
+      std::printf("%s[%lld, %d, %lld, %lld]", first ? "" : ",", n, e, (long long)align_chunk_pairs(n, e),
+                  (long long)align_num_chunks(n, e));
+      first = false;
+    }
+  }
+  std::printf("]");
   std::printf(", \"swizzle\": [");
   for (int row = 0; row < 16; ++row)
     for (int col = 0; col < 64; col += 8) std::printf("%u%s", sm90::swizzle128_offset(row, col), row == 15 && col == 56 ? "" : ",");
@@ -252,12 +388,14 @@ def host_helpers(tmp_path_factory):
 
 
 def test_align_helpers(host_helpers):
-    assert host_helpers["bits"] == [math.ceil(math.log2(e + 1)) for e in range(1, 257)]
-    starts = [0, 64, 64, 192, 256]
-    assert host_helpers["segment"] == [max(e for e in range(5) if starts[e] <= p) for p in range(256)]
+    assert host_helpers["bits"] == [math.ceil(math.log2(e)) for e in range(1, 257)]
+    assert host_helpers["kernel_bits"] == [kernel_bits(e) for e in range(1, 257)]
+    assert host_helpers["lane_experts"] == [[lane_experts(b, 32), lane_experts(b, 64)] for b in range(4, 9)]
+    assert host_helpers["one_cta_steps"] == [one_cta_steps(r, 32) for r in (1, 2, 4, 8)] == [16, 16, 8, 4]
     assert host_helpers["round_up"] == [0, 64, 64, 66]
-    assert host_helpers["bucket"] == [16, 0, 15, 16]
-    assert host_helpers["small"] == [1, 0, 0, 1, 0], "fast path: T*k <= 1024 and E <= 64"
+    assert host_helpers["run"] == [0, 32, 512, 256]
+    for n, e, chunk, chunks in host_helpers["plan"]:
+        assert (chunk, chunks) == chunk_plan(n, e), f"align_chunk_pairs / align_num_chunks at T*k={n}, E={e}"
 
 
 def test_swizzle_is_tma_128b(host_helpers):

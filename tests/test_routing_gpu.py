@@ -263,23 +263,40 @@ def test_moe_align_matches_reference(tokens, k, experts, block_m, cuda_gen):
     check_align(random_ids(tokens, k, experts, cuda_gen), experts, block_m)
 
 
-# The one-CTA fast path takes T*k <= 1024 and E <= 64 (csrc/common/params.h kAlignSmallMax*): cases on
-# both sides of each bound; random_ids adds ids outside [0, E).
+# The chunk plan (csrc/common/params.h align_chunk_pairs): one CTA up to 4096 pairs for E <= 64 (2048 for
+# E <= 128, 1024 for E <= 256), else chunks of 1024 pairs (whole multiples of it above 128 chunks, or above
+# 8192 / E chunks); kernels compiled per expert-bit tier (E <= 16, 32, 64, 128, 256; each lane owns 1, 1,
+# 2, 4, 8 experts on CUDA). Cases on both sides of each bound; random_ids adds ids outside [0, E).
 @pytest.mark.parametrize("tokens,k,experts,block_m", [
-    (1, 1, 16, 64), (1024, 1, 16, 64), (1025, 1, 16, 64),          # T*k at and one past the pair bound
-    (512, 2, 16, 16), (513, 2, 16, 16), (128, 8, 64, 128), (129, 8, 64, 128),  # k = 2 and 8, same bounds
-    (1000, 1, 64, 64), (1000, 1, 65, 64), (1024, 1, 64, 1),         # E at and one past the expert bound
-    (300, 3, 33, 5), (77, 1, 1, 128), (0, 1, 64, 16), (5, 8, 63, 16)])
-def test_moe_align_fast_path_and_its_bounds(tokens, k, experts, block_m, cuda_gen):
+    (1, 1, 16, 64), (1024, 1, 16, 64), (1025, 1, 16, 64),           # the old fast path's bound
+    (4096, 1, 16, 64), (4097, 1, 16, 64),                            # one CTA: at and one past its bound
+    (2048, 2, 16, 16), (2049, 2, 16, 16), (512, 8, 64, 128), (513, 8, 64, 128),  # k = 2 and 8, same bound
+    (5120, 1, 16, 64), (5121, 1, 16, 64), (6144, 1, 16, 3),          # 5 chunks exactly, one past, 6 chunks
+    (2048, 1, 128, 16), (2049, 1, 128, 16), (1024, 1, 256, 1), (1025, 1, 256, 1),  # one-CTA bounds of E > 64
+    (3000, 1, 16, 64), (3000, 1, 17, 64), (3000, 1, 32, 64), (3000, 1, 33, 64),    # expert-bit tiers, one CTA
+    (3000, 1, 64, 64), (1500, 1, 65, 64), (1500, 1, 128, 8), (1000, 1, 129, 8),
+    (9000, 1, 16, 64), (9000, 1, 17, 64), (9000, 1, 33, 64), (9000, 1, 65, 64), (9000, 1, 200, 64),  # chunked
+    (300, 3, 33, 5), (77, 1, 1, 128), (9000, 1, 1, 128), (0, 1, 64, 16), (5, 8, 63, 16)])
+def test_moe_align_chunk_plan_bounds(tokens, k, experts, block_m, cuda_gen):
     check_align(random_ids(tokens, k, experts, cuda_gen), experts, block_m)
 
 
-def test_moe_align_fast_path_writes_everything(cuda_gen):
+# Many chunks and several passes per chunk: 64 and 128 chunks of 1024 pairs, then 2048-pair chunks (two
+# passes) one pair past 128 x 1024; for E = 256 at most 32 chunks, so passes start past 32768 pairs.
+@pytest.mark.parametrize("tokens,k,experts,block_m", [
+    (65536, 1, 16, 64), (65535, 2, 16, 64), (131072, 1, 16, 64), (131073, 1, 16, 64), (65537, 2, 64, 32),
+    (524289, 1, 16, 64), (4096, 8, 256, 64), (4097, 8, 256, 64), (65536, 1, 256, 16), (40000, 3, 100, 128)])
+def test_moe_align_many_chunks_and_passes(tokens, k, experts, block_m, cuda_gen):
+    check_align(random_ids(tokens, k, experts, cuda_gen), experts, block_m)
+
+
+@pytest.mark.parametrize("tokens", (1024, 4096, 9000, 131073))
+def test_moe_align_writes_everything(tokens, cuda_gen):
     """Poisoned outputs, strided ids, all ids on the skip route, all outside [0, E), all on one expert."""
-    strided = random_ids(1024, 3, 16, cuda_gen)[:, 1:2]  # [1024, 1], row stride 3
-    for ids in (strided, torch.full((1024, 1), 16, dtype=torch.int32, device="cuda"),
-                torch.full((300, 2), -1, dtype=torch.int32, device="cuda"),
-                torch.full((1024, 1), 5, dtype=torch.int32, device="cuda")):
+    strided = random_ids(tokens, 3, 16, cuda_gen)[:, 1:2]  # [T, 1], row stride 3
+    for ids in (strided, torch.full((tokens, 1), 16, dtype=torch.int32, device="cuda"),
+                torch.full((tokens, 2), -1, dtype=torch.int32, device="cuda"),
+                torch.full((tokens, 1), 5, dtype=torch.int32, device="cuda")):
         want = reference.moe_align(ids.contiguous(), 16, 64)
         outs = tuple(poison_(torch.empty_like(t)) for t in want)
         ops.moe_align(ids, 16, 64, out=outs)
@@ -308,6 +325,26 @@ def test_moe_align_is_deterministic(cuda_gen):
     first = ops.moe_align(ids, 16, 64)
     for _ in range(3):
         assert all(torch.equal(a, b) for a, b in zip(first, ops.moe_align(ids, 16, 64)))
+
+
+@pytest.mark.parametrize("tokens", (3000, 20000))
+def test_moe_align_cuda_graph(tokens, cuda_gen):
+    """One CTA (3000) and the counting + sorting launches (20 chunks), captured and replayed on new ids."""
+    static_ids = random_ids(tokens, 1, 16, cuda_gen)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        ops.moe_align(static_ids, 16, 64)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = ops.moe_align(static_ids, 16, 64)
+    for _ in range(2):
+        static_ids.copy_(random_ids(tokens, 1, 16, cuda_gen))
+        graph.replay()
+        torch.cuda.synchronize()
+        for a, b in zip(captured, reference.moe_align(static_ids, 16, 64)):
+            assert torch.equal(a, b)
 
 
 def test_moe_align_rejects_too_many_experts(cuda_gen):

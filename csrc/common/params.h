@@ -41,31 +41,53 @@ struct MoeAlignParams {
   int32_t* block_expert_ids;   // [num_blocks] int32: expert of each block_m rows, -1 past num_padded
   int32_t* expert_offsets;     // [E + 1] int32: padded segment starts, offsets[E] = num_padded
   int32_t* num_padded;         // [1] int32
-  int32_t* chunk_counts;       // [num_chunks, E] int32 workspace when num_chunks > 1, else nullptr
+  int32_t* chunk_counts;       // [E, num_chunks] int32 workspace (expert-major) when num_chunks > 1, else nullptr
   int32_t num_tokens;          // T
   int32_t k;                   // slots per token
   int32_t num_experts;         // E, 1..kAlignMaxExperts
   int32_t block_m;             // >= 1
   int32_t capacity;            // T*k + E*(block_m - 1), fits int32 (the launcher checks)
   int32_t num_blocks;          // ceil(capacity / block_m)
-  int32_t num_chunks;          // ceil(T*k / kAlignPairsPerChunk), >= 1 (1 for T = 0 too)
+  int32_t chunk_pairs;         // align_chunk_pairs(T*k, E): pairs per chunk, one CTA per chunk
+  int32_t num_chunks;          // ceil(T*k / chunk_pairs), >= 1 (1 for T = 0 too)
 };
 
-// 256 covers every released MoE router (DeepSeek-V3: 256, Qwen3: 128, ZAYA1: 16): the per-warp
-// histograms of one CTA then take 16 warps x 256 x 4 B = 16 KB of shared memory.
+// 256 covers every released MoE router (DeepSeek-V3: 256, Qwen3: 128, ZAYA1: 16).
 constexpr int kAlignMaxExperts = 256;
-// Pairs sorted by one CTA. 8192 keeps ZAYA1 prefill up to T = 8192 (k = 1) in one launch; above it a
-// counting launch precedes the sorting one (two ~2 us launches beat one CTA walking 64K pairs twice).
-constexpr int kAlignPairsPerChunk = 8192;
-// The one-CTA fast path (moe_align.cuh, moe_align_small_kernel) serves T*k <= 1024 pairs: ZAYA1 decode
-// and prefill up to T = 1024 at k = 1. Its 256 threads then walk at most 4 steps (the chunked kernel: 2
-// at 1024 pairs, 16 at 8192), and its scan, which every warp repeats to spare a second block barrier,
-// reads 8 warp rows per expert (4 on CDNA3). Beyond it the walk's steps grow while the chunked kernel's
-// barrier chain stays a fixed cost.
-constexpr int kAlignSmallMaxPairs = 1024;
-// E <= 64: ZAYA1 (16), Mixtral (8), OLMoE and DeepSeek-V2-Lite (64). Each lane then scans 2 experts of a
-// CUDA warp or 1 of a CDNA3 wave in registers; larger E (Qwen3 128, DeepSeek-V3 256) takes the chunked path.
-constexpr int kAlignSmallMaxExperts = 64;
+
+// How moe_align cuts the pairs (moe_align.cuh has the kernels and the cost model behind the numbers):
+//   * T*k <= align_one_cta_max_pairs(E): one launch of one CTA that sorts everything (no workspace). 4096
+//     pairs for E <= 64 (ZAYA1 decode and prefill up to T = 4096 at k = 1): its 256 threads walk at most
+//     16 steps, ~1 us of warp work on one SM, less than the second launch (~2.5 us) of the chunked path.
+//     2048 / 1024 pairs for E <= 128 / 256, where a step costs ~2x / ~4x more (4 / 8 experts per lane).
+//   * above it: chunks of align_chunk_pairs(T*k, E) pairs, a counting launch (one CTA per chunk writes
+//     chunk_counts[e][chunk]) then a sorting launch (one CTA per chunk). A chunk is kAlignPassPairs (256
+//     threads x 4 steps) while that gives at most align_max_chunks(E) chunks (T*k = 65536, k = 1: 64 CTAs
+//     of 132 SMs, ~0.25 us of warp work each), else whole multiples of it walked in passes: each sorting
+//     CTA reads num_chunks x E entries of chunk_counts, which this keeps at most kAlignMaxChunkCounts.
+constexpr int kAlignPassPairs = 1024;
+constexpr int kAlignMaxChunks = 128;
+constexpr int kAlignMaxChunkCounts = 8192;
+
+constexpr int32_t align_one_cta_max_pairs(int32_t num_experts) {
+  return num_experts <= 64 ? 4096 : num_experts <= 128 ? 2048 : 1024;
+}
+
+constexpr int64_t align_max_chunks(int32_t num_experts) {
+  return kAlignMaxChunkCounts / num_experts < kAlignMaxChunks ? kAlignMaxChunkCounts / num_experts : kAlignMaxChunks;
+}
+
+// Pairs per chunk for num_pairs pairs and E = num_experts in 1..kAlignMaxExperts (host launchers only).
+constexpr int64_t align_chunk_pairs(int64_t num_pairs, int32_t num_experts) {
+  if (num_pairs <= align_one_cta_max_pairs(num_experts)) return align_one_cta_max_pairs(num_experts);
+  const int64_t per_pass_max = kAlignPassPairs * align_max_chunks(num_experts);
+  return (num_pairs + per_pass_max - 1) / per_pass_max * kAlignPassPairs;
+}
+
+constexpr int64_t align_num_chunks(int64_t num_pairs, int32_t num_experts) {
+  return num_pairs <= 0 ? 1 : (num_pairs + align_chunk_pairs(num_pairs, num_experts) - 1) /
+                                  align_chunk_pairs(num_pairs, num_experts);
+}
 
 // zaya_router: the whole ZAYA1 router (ZAYA1_ARCHITECTURE.md §5.1-5.2) with the numerics of
 // reference.zaya_router: fp32 accumulation; r fp32 into the RMSNorm and rounded to bf16 only when

@@ -34,11 +34,15 @@ void moe_align_out(const at::Tensor& ids,  // [T, k] int32
   ZK_CHECK(block_m >= 1, kOp, ": block_m must be >= 1, got ", block_m);
   const int64_t num_tokens = ids.size(0);
   const int64_t num_pairs = ids.numel();
-  // int32 slots: the capacity, one more block_m (the last block's first row) and one more chunk (the
-  // kernel's chunk-relative indices) must all stay below 2^31.
-  ZK_CHECK(num_pairs < std::numeric_limits<int32_t>::max() / 2 && block_m < std::numeric_limits<int32_t>::max() / 4 &&
-                  align_capacity(num_pairs, num_experts, block_m) + block_m + kAlignPairsPerChunk <
-                      std::numeric_limits<int32_t>::max(),
+  // int32 indices in the kernels: slots up to the capacity plus one block_m (the last block's first
+  // row) plus the grid-stride loops' overshoot (every thread of the grid, at most kAlignMaxChunks CTAs
+  // of 256, past the last slot; kIndexSlack bounds it), and pair indices up to T*k plus one chunk (the
+  // run arithmetic past the last pair). The first two bounds keep the int64 sums below exact.
+  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+  constexpr int64_t kIndexSlack = int64_t{kAlignPassPairs} * kAlignMaxChunks;
+  ZK_CHECK(num_pairs < kInt32Max / 2 && block_m < kInt32Max / 4 &&
+                  align_capacity(num_pairs, num_experts, block_m) + block_m + kIndexSlack < kInt32Max &&
+                  num_pairs + align_chunk_pairs(num_pairs, static_cast<int32_t>(num_experts)) < kInt32Max,
               kOp, ": T*k + E*(block_m-1) must fit int32, got T*k=", num_pairs, ", E=", num_experts, ", block_m=",
               block_m);
   const int64_t capacity = align_capacity(num_pairs, num_experts, block_m);
@@ -60,10 +64,14 @@ void moe_align_out(const at::Tensor& ids,  // [T, k] int32
   check_shape(kOp, "num_padded", num_padded, {1});
 
   const c10::cuda::CUDAGuard device_guard(ids.device());
-  const int64_t num_chunks = std::max<int64_t>(1, (num_pairs + kAlignPairsPerChunk - 1) / kAlignPairsPerChunk);
-  // [num_chunks, E] int32 chunk totals, only when a counting launch precedes the sorting one.
+  // One CTA per chunk (params.h align_chunk_pairs): one chunk up to align_one_cta_max_pairs(E) pairs
+  // (4096 for E <= 64), else chunks of 1024 pairs (or whole multiples, at most align_max_chunks(E)
+  // of them). The chunked path needs the [E, num_chunks] int32 chunk totals that its counting launch
+  // writes and its sorting launch reads: at most kAlignMaxChunkCounts entries (32 KB).
+  const int64_t chunk_pairs = align_chunk_pairs(num_pairs, static_cast<int32_t>(num_experts));
+  const int64_t num_chunks = align_num_chunks(num_pairs, static_cast<int32_t>(num_experts));
   at::Tensor chunk_counts;
-  if (num_chunks > 1) chunk_counts = at::empty({num_chunks, num_experts}, ids.options());
+  if (num_chunks > 1) chunk_counts = at::empty({num_experts, num_chunks}, ids.options());
 
   MoeAlignParams params{};
   params.ids = ids.data_ptr<int32_t>();
@@ -79,6 +87,7 @@ void moe_align_out(const at::Tensor& ids,  // [T, k] int32
   params.block_m = static_cast<int32_t>(block_m);
   params.capacity = static_cast<int32_t>(capacity);
   params.num_blocks = static_cast<int32_t>(num_blocks);
+  params.chunk_pairs = static_cast<int32_t>(chunk_pairs);
   params.num_chunks = static_cast<int32_t>(num_chunks);
   check_launch(kOp, launch_moe_align(params, c10::cuda::getCurrentCUDAStream().stream()));
 }
