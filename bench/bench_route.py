@@ -6,8 +6,9 @@ Rows (shape T, H=2048, R=256, E'=17; inputs rotated so the weights come from HBM
   route        zaya   zaya_router + moe_align, CUDA-graph replay (the issue's combined figure)
   route        eager  bench.baselines.eager_route (linear/rms_norm/gelu/softmax/argmax/argsort/bincount),
                       CUDA events (bincount syncs with the host, so it cannot be captured)
-  zaya_router  zaya   the router alone (graph); zaya_cluster / zaya_tile: a variant forced through
-                      ZAYA_ROUTER_VARIANT near the crossover (kRouterClusterMaxTokens in params.h)
+  zaya_router  zaya   the router alone (graph); zaya_cluster / zaya_split / zaya_tile: a variant forced
+                      through ZAYA_ROUTER_VARIANT near the crossovers (kRouterClusterMaxTokens,
+                      kRouterSplitMaxTokens in params.h)
   moe_align    zaya   the align alone on the router's ids (graph), E = 16, block_m = 64
 floor_us (T = 65536): PERF.md's floor of the part no router can skip: x read once at the measured copy
 bandwidth, the down-projection at the measured bf16 matmul rate (the larger of the two).
@@ -34,7 +35,7 @@ TOKENS = (1, 16, 128, 256, 512, 1024, 4096, 65536)
 QUICK_TOKENS = (1, 1024, 65536)
 CPU_TOKENS = (1, 16)
 BLOCK_M = 64                   # rows per grouped-GEMM tile: moe_align pads each expert's segment to it
-VARIANT_TOKENS = (1024, 4096)  # sizes where both router variants are timed (the crossover's evidence)
+VARIANT_TOKENS = (256, 1024, 4096)  # sizes where every router variant is timed (the crossovers' evidence)
 MAX_SETS = 64
 TIE_MARGIN = 1e-3              # tokens whose reference top-2 biased scores are closer are not checked
 
@@ -140,7 +141,7 @@ def _route_case(results: Results, tokens: int, quick: bool) -> None:
     router = _time(device, zaya_router, sets, graph=True, iters=iters, warmup=warmup)
     _add(results, "zaya_router", "zaya", shape, router, flops=router_flops, bytes=io_bytes, timing="graph")
     if tokens in VARIANT_TOKENS:
-        for variant in ("cluster", "tile"):
+        for variant in ("cluster", "split", "tile"):
             stats = _with_variant(variant, lambda: _time(device, zaya_router, sets, graph=True, iters=iters,
                                                          warmup=warmup))
             _add(results, "zaya_router", f"zaya_{variant}", shape, stats, flops=router_flops, bytes=io_bytes,
@@ -171,7 +172,7 @@ def _print_table(results: Results) -> None:
         print(f"{t:>6} {fmt(z):>14} {fmt(e):>10} {fmt(z, 'speedup_vs_eager'):>8} {fmt(r):>10} {fmt(a):>9} "
               f"{fmt(z, 'floor_us'):>9} {z.get('correct') if z else '-'}")
     for row in results.rows:
-        if row["impl"] in ("zaya_cluster", "zaya_tile"):
+        if row["impl"] in ("zaya_cluster", "zaya_split", "zaya_tile"):
             print(f"variant {row['impl']:>13} T={row['shape']['T']:>6}: {row['median_us']:.4g} us")
 
 

@@ -28,7 +28,7 @@ def main() -> None:
         ids = random_ids(tokens, k, 16, gen)
         for got, want in zip(ops.moe_align(ids, 16, 64), reference.moe_align(ids, 16, 64)):
             assert torch.equal(got, want)
-    for variant, tokens in (("cluster", 77), ("cluster", 700), ("tile", 300)):
+    for variant, tokens in (("cluster", 77), ("cluster", 700), ("split", 300), ("tile", 300)):
         os.environ["ZAYA_ROUTER_VARIANT"] = variant
         for eda in (True, False):
             x, r_prev, w = make_router_inputs(tokens, gen, eda=eda)

@@ -110,7 +110,7 @@ def check_router(out, x, r_prev, w):
 
 
 def variants():
-    return ("auto", "cluster", "tile")
+    return ("auto", "cluster", "split", "tile")
 
 
 @pytest.fixture
@@ -130,10 +130,10 @@ def test_router_matches_reference(tokens, router_variant, cuda_gen):
     check_router(ops.zaya_router(*router_args(x, r_prev, w)), x, r_prev, w)
 
 
-@pytest.mark.parametrize("router_variant", ["cluster", "tile"], indirect=True)
-@pytest.mark.parametrize("tokens", (1, 7, 100, 1000, 4096))
+@pytest.mark.parametrize("router_variant", ["cluster", "split", "tile"], indirect=True)
+@pytest.mark.parametrize("tokens", (1, 7, 100, 241, 1000, 4096))
 def test_router_each_variant(tokens, router_variant, cuda_gen):
-    """Both kernels at sizes where the automatic choice would not pick them."""
+    """Every variant at sizes where the automatic choice would not pick it."""
     x, r_prev, w = make_router_inputs(tokens, cuda_gen)
     check_router(ops.zaya_router(*router_args(x, r_prev, w)), x, r_prev, w)
 

@@ -26,6 +26,12 @@ def main() -> int:
             getattr(ops, op)(*args)
             getattr(ops, op)(*args, out=tuple(outs.values()) if len(outs) > 1 else next(iter(outs.values())))
         ran.append(op)
+    if zaya_kernels.has_device_kernel("zaya_router"):  # every variant, not only the one the sample's T picks
+        args, _ = sample("zaya_router", device="cuda", seed=2)
+        for variant in ("cluster", "split", "tile"):
+            os.environ["ZAYA_ROUTER_VARIANT"] = variant
+            ops.zaya_router(*args)
+        os.environ.pop("ZAYA_ROUTER_VARIANT")
     if zaya_kernels.has_device_kernel("topk_gating"):
         for tokens, experts, k in ((1, 17, 1), (1000, 256, 8), (333, 64, 2)):
             logits = torch.randn(tokens, experts, device="cuda")

@@ -15,5 +15,7 @@ using StreamHandle = void*;
 const char* launch_topk_gating(const TopkGatingParams& params, StreamHandle stream);
 const char* launch_moe_align(const MoeAlignParams& params, StreamHandle stream);
 const char* launch_zaya_router(const ZayaRouterParams& params, StreamHandle stream);
+// Bytes of device workspace launch_zaya_router needs for these params (params.partials); 0: none.
+int64_t zaya_router_workspace_bytes(const ZayaRouterParams& params);
 
 }  // namespace zk

@@ -95,13 +95,19 @@ constexpr int64_t align_num_chunks(int64_t num_pairs, int32_t num_experts) {
 // E' routes; top-1 of (p + balancing_bias), the lower index winning ties; weight = unbiased p.
 enum class ZayaRouterVariant : int32_t {
   // T <= kRouterClusterMaxTokens: one cluster of kRouterClusterSize CTAs per group of 16, 32 or 80
-  // tokens (the fewest rows whose groups all fit on the GPU at once), the down-projection split over K
+  // tokens (the fewest rows whose groups all fit on the GPU at once; 80 only where fewer than 15
+  // clusters fit, or when forced), the down-projection split over K
   // across the cluster, partial sums and the 256-wide rows exchanged through distributed shared memory
   // (mma.sync). Spreads W_down's 1 MB over 8 SMs per group.
   kCluster = 0,
-  // Larger T: persistent CTA pairs, each CTA 128 tokens x all 256 outputs (wgmma), every weight tile
-  // TMA-multicast to both CTAs of the pair, the MLP fused on the register-resident rows.
+  // T > kRouterSplitMaxTokens: persistent CTA pairs, each CTA 128 tokens x all 256 outputs (wgmma),
+  // every weight tile TMA-multicast to both CTAs of the pair, the MLP fused on the register-resident rows.
   kTile = 1,
+  // kRouterClusterMaxTokens < T <= kRouterSplitMaxTokens: two kernels. The down-projection split over K
+  // into kRouterSplitK slices, each CTA writing its fp32 partial sums to `partials` (through L2, whose
+  // bandwidth the cluster variant's DSMEM exchange lacks at these sizes); then one CTA per 16 tokens
+  // sums the slices and runs the rest of the router with the MLP weights streamed through TMA.
+  kSplit = 2,
 };
 
 struct ZayaRouterParams {
@@ -130,6 +136,8 @@ struct ZayaRouterParams {
   int32_t num_routes;           // E' = experts + skip route, 2..kRouterMaxRoutes; the skip route is E' - 1
   float eps;                    // RMSNorm epsilon
   ZayaRouterVariant variant;
+  float* partials;              // kSplit: [kRouterSplitK, T, R] fp32 workspace
+                                //   (zaya_router_workspace_bytes, launch.h), else nullptr
 };
 
 constexpr int kRouterWidth = 256;        // R: every kernel holds one full 256-wide row per token
@@ -137,9 +145,14 @@ constexpr int kRouterMaxRoutes = 32;     // E' <= 32: the logits are one 32-colu
 constexpr int kRouterHiddenStep = 512;   // H splits into 8 cluster slices of whole 64-wide TMA boxes
 constexpr int kRouterMaxHidden = 2048;   // ZAYA1's H; the cluster variant's shared memory is sized for it
 constexpr int kRouterClusterSize = 8;    // portable cluster size; 15 clusters of 8 fit the 132-SM H200 at once
-// Crossover between the variants (bench/results/h200/route.json, rows zaya_cluster / zaya_tile):
-// T = 1024: cluster 49.7 us, tile 56.7 us; T = 4096: cluster 129 us, tile 56.9 us. Above 1024 tokens
-// the cluster variant needs a second wave of clusters (~50 us each) while one tile wave holds 16K tokens.
-constexpr int64_t kRouterClusterMaxTokens = 1024;
+constexpr int kRouterSplitK = 8;         // K slices of the split variant's down-projection (H / 8 each)
+// Crossovers between the variants (bench/results/h200/route.json, rows zaya_cluster / zaya_split /
+// zaya_tile; H200). Cluster -> split: the cluster variant's groups of 32 tokens (15 fit at once) end
+// at 480; the split variant's fixed cost (every MLP CTA streams all 256 KB of fc weights) loses below
+// that (T = 256: cluster 13.3 us, split 19.5 us) and wins above (T = 512: 26.3 vs 20.4 us, where the
+// cluster variant's 80-token groups exchange 7 KB of fp32 partials per token through DSMEM).
+// Split -> tile at 1024 tokens (T = 2048: tile 46 us; T = 4096: split 2x slower than tile).
+constexpr int64_t kRouterClusterMaxTokens = 480;
+constexpr int64_t kRouterSplitMaxTokens = 1024;
 
 }  // namespace zk

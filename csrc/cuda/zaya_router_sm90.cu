@@ -2,7 +2,8 @@
 // zaya_router_sm90.cu: host side of the sm_90a router: tensor maps, launch shapes, and the launch of
 // the variant the host launcher chose (ZayaRouterParams::variant; see csrc/common/params.h):
 //   kCluster (zaya_router_sm90_cluster.cuh): clusters of 8 CTAs, K split, DSMEM exchange, mma.sync;
-//   kTile    (zaya_router_sm90_tile.cuh):    persistent CTA pairs, 128 tokens each, TMA multicast, wgmma.
+//   kTile    (zaya_router_sm90_tile.cuh):    persistent CTA pairs, 128 tokens each, TMA multicast, wgmma;
+//   kSplit   (zaya_router_sm90_split.cuh):   a split-K down-projection through L2, then a per-16-token MLP.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -11,6 +12,7 @@
 
 #include "../common/launch.h"
 #include "zaya_router_sm90_cluster.cuh"
+#include "zaya_router_sm90_split.cuh"
 #include "zaya_router_sm90_tile.cuh"
 
 namespace zk {
@@ -148,11 +150,37 @@ const char* launch_tile_variant(const ZayaRouterParams& p, cudaStream_t stream) 
                           dim3(sm90::kTileThreads), sm90::kTileSmemBytes, stream, maps, p);
 }
 
+const char* launch_split_variant(const ZayaRouterParams& p, cudaStream_t stream) {
+  if (p.partials == nullptr) return "the split variant needs its workspace (zaya_router_workspace_bytes)";
+  RouterTensorMaps maps;
+  if (!encode_maps(&maps, p, sm90::kSplitDownRows, sm90::kFcChunkCols)) {
+    return "cuTensorMapEncodeTiled failed (router tensor maps)";
+  }
+  cudaError_t err = allow_smem<sm90::zaya_router_split_down_kernel>(sm90::kSplitDownSmemBytes);
+  if (err == cudaSuccess) err = allow_smem<sm90::zaya_router_split_mlp_kernel>(sm90::kSplitMlpSmemBytes);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  const auto down_tiles = static_cast<unsigned>((p.num_tokens + sm90::kSplitDownRows - 1) / sm90::kSplitDownRows);
+  const auto mlp_blocks = static_cast<unsigned>((p.num_tokens + sm90::kSplitMlpRows - 1) / sm90::kSplitMlpRows);
+  if (const char* error = launch_dependent(sm90::zaya_router_split_down_kernel, dim3(down_tiles, kRouterSplitK),
+                                           dim3(sm90::kBlockThreads), sm90::kSplitDownSmemBytes, stream, maps, p)) {
+    return error;
+  }
+  return launch_dependent(sm90::zaya_router_split_mlp_kernel, dim3(mlp_blocks), dim3(sm90::kBlockThreads),
+                          sm90::kSplitMlpSmemBytes, stream, maps, p);
+}
+
 }  // namespace
+
+int64_t zaya_router_workspace_bytes(const ZayaRouterParams& params) {
+  return params.variant == ZayaRouterVariant::kSplit
+             ? int64_t{kRouterSplitK} * params.num_tokens * kRouterWidth * static_cast<int64_t>(sizeof(float))
+             : 0;
+}
 
 const char* launch_zaya_router(const ZayaRouterParams& params, StreamHandle stream_handle) {
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
   if (params.variant == ZayaRouterVariant::kTile) return launch_tile_variant(params, stream);
+  if (params.variant == ZayaRouterVariant::kSplit) return launch_split_variant(params, stream);
   // Tokens per cluster: the fewest rows (least MMA and exchange work per CTA) whose groups all fit on
   // the GPU at once (a second wave would double the time); 80 rows keep T = 1024 in one wave of 13
   // clusters on the H200 (15 fit).

@@ -34,20 +34,16 @@
 // logits 10 KB = ~218 KB.
 #pragma once
 
-#include "zaya_router_sm90_epilogue.cuh"
-#include "zaya_router_sm90_load.cuh"
-#include "zaya_router_sm90_mma.cuh"
+#include "zaya_router_sm90_blocks.cuh"
 
 namespace zk {
 namespace sm90 {
 
-constexpr int kClusterThreads = 256;  // 8 warps: each owns 32 of the 256 partial-sum columns
+constexpr int kClusterThreads = kBlockThreads;
 constexpr int kClusterMaxKBoxes = kRouterMaxHidden / kRouterClusterSize / 64;  // 64-wide K boxes per CTA
 constexpr int kClusterSlice = kRouterWidth / kRouterClusterSize;               // columns a CTA owns
 constexpr int kPartialPitch = kRouterWidth + 4;  // floats: +16 B per row keeps the float2 stores conflict-free
-constexpr int kActPitch = kRouterWidth + 8;      // bf16: +16 B per row keeps ldmatrix conflict-free
 constexpr int kSliceQuarters = 4;                // exchange 1: a row's slice as 4 pieces of 8 columns
-static_assert(kClusterThreads / 32 * 32 == kRouterWidth, "8 warps x 32 columns cover the down-projection");
 static_assert(kClusterSlice == 32, "each CTA computes 4 n8 tiles of fc1/fc2 and owns 32 reduced columns");
 static_assert(kRouterMaxRoutes == 32, "the logits: one lane per route in a warp");
 static_assert(kClusterThreads == kRouterWidth, "the vector prefetch: one element of each vector per thread");
@@ -195,38 +191,6 @@ ZK_DEVICE void cluster_gather_slices(uint16_t (*act)[kActPitch], int rank, int t
   __syncthreads();
 }
 
-// in [kRows, 256] bf16 -> this CTA's 32 output columns of GELU(in W^T + b), rounded to bf16, written
-// to the same columns of its local `out`. in/out: [kRows][kActPitch] bf16 buffers.
-template <int kRows>
-ZK_DEVICE void cluster_mlp_layer(const uint16_t (*in)[kActPitch], uint16_t (*out)[kActPitch], uint32_t w_boxes,
-                                 const float* bias, int rank, int warp, int lane) {
-  constexpr int kMTiles = ClusterShape<kRows>::kMTiles;
-  const int g = lane / 4, q = lane % 4;
-  for (int item = warp; item < kMTiles * 4; item += kClusterThreads / 32) {
-    const int mt = item / 4, j = item % 4;  // m16 tile, n8 tile of this CTA's 32 columns
-    float c[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int s = 0; s < kRouterWidth / 32; ++s) {
-      uint32_t b[4];  // b0/b1 of k16 steps 2s and 2s+1
-      {
-        const int m = lane / 8, n = 8 * j + lane % 8, k = 32 * s + 8 * m;
-        ldmatrix_x4(b, w_boxes + (k / 64) * (kClusterSlice * 128) + swizzle128_offset(n, k % 64));
-      }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        uint32_t a[4];
-        ldmatrix_x4(a, smem_addr(&in[16 * mt + lane % 16][32 * s + 16 * h + (lane / 16) * 8]));
-        mma_bf16_16816(c, a, b[2 * h], b[2 * h + 1]);
-      }
-    }
-    const int col = kClusterSlice * rank + 8 * j + 2 * q;
-    *reinterpret_cast<uint32_t*>(&out[16 * mt + g][col]) =
-        pack_bf16x2_rn(gelu_erf(c[0] + bias[col]), gelu_erf(c[1] + bias[col + 1]));
-    *reinterpret_cast<uint32_t*>(&out[16 * mt + g + 8][col]) =
-        pack_bf16x2_rn(gelu_erf(c[2] + bias[col]), gelu_erf(c[3] + bias[col + 1]));
-  }
-}
-
 // This CTA's share of the logits, h2[:, slice] x W_out[:, slice]^T, stored row by row into the CTA
 // that owns the row (logit_parts[rank] there). h2: this CTA's columns of `act`.
 template <int kRows>
@@ -306,35 +270,8 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
 
   // ---- down-projection partial: [kRows x 256] over this CTA's K slice; warp w owns columns [32w, 32w+32)
   float acc[kMTiles][4][4];
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mt][j][e] = 0.f;
-  for (int b = 0; b < k_boxes; ++b) {
-    mbar_wait(smem_addr(&s.k_box_ready[b]), 0);
-    const uint32_t x_box = smem_addr(s.staging.load.x[b]);
-    const uint32_t w_box = smem_addr(s.staging.load.down_w[b]);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      uint32_t a[kMTiles][4];
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        ldmatrix_x4(a[mt], x_box + swizzle128_offset(16 * mt + lane % 16, 16 * kk + (lane / 16) * 8));
-      }
-      uint32_t bw[2][4];  // n8 tiles 2h, 2h+1: {b0, b1, b0, b1}
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int m = lane / 8;
-        ldmatrix_x4(bw[h], w_box + swizzle128_offset(32 * warp + 16 * h + (m / 2) * 8 + lane % 8, 16 * kk + (m % 2) * 8));
-      }
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) mma_bf16_16816(acc[mt][j], a[mt], bw[j / 2][(j % 2) * 2], bw[j / 2][(j % 2) * 2 + 1]);
-    }
-  }
+  down_slice_mma<kRows>(acc, s.k_box_ready, smem_addr(s.staging.load.x[0]), smem_addr(s.staging.load.down_w[0]),
+                        k_boxes, warp, lane);
   store_weights<kRows>(f, s, thread);
   __syncthreads();  // every warp is done with the x / W_down boxes that `partial` overlays
 #pragma unroll
@@ -397,10 +334,12 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
   cluster_gather_slices<kRows>(act_a, rank, thread);
 
   const uint32_t fc1_boxes = smem_addr(s.fc1_w[0]), fc2_boxes = smem_addr(s.fc2_w[0]);
-  cluster_mlp_layer<kRows>(act_a, s.staging.exchange.act_b, fc1_boxes, s.vec.fc1_b, rank, warp, lane);
+  mlp_layer_columns<kRows, kClusterSlice>(act_a, s.staging.exchange.act_b, fc1_boxes, s.vec.fc1_b,
+                                          kClusterSlice * rank, warp, lane);
   cluster_sync();  // 4: every h1 slice written; every CTA is done pulling n (act_a may take h2)
   cluster_gather_slices<kRows>(s.staging.exchange.act_b, rank, thread);
-  cluster_mlp_layer<kRows>(s.staging.exchange.act_b, act_a, fc2_boxes, s.vec.fc2_b, rank, warp, lane);
+  mlp_layer_columns<kRows, kClusterSlice>(s.staging.exchange.act_b, act_a, fc2_boxes, s.vec.fc2_b,
+                                          kClusterSlice * rank, warp, lane);
   __syncthreads();  // this CTA's h2 slice is complete
   push_partial_logits<kRows>(s, act_a, rank, thread);
   cluster_sync();  // 5: every partial logit landed; every CTA is done pulling h1 (last remote access)

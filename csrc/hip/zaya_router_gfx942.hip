@@ -417,6 +417,11 @@ const char* launch_plan(const ZayaRouterParams& p, const router_gfx942::RouterPl
 
 }  // namespace gfx942
 
+// No workspace from the caller: the split plan's partials and arrival counters live in the static
+// buffers above (the counters must start at zero and reset themselves, which a fresh allocation
+// would not give without a memset launch).
+int64_t zaya_router_workspace_bytes(const ZayaRouterParams&) { return 0; }
+
 // Same contract as the CUDA launcher: nullptr, or the runtime's (or a shape) error message. The plan
 // is chosen here from T, H and the device's CU count (see the design note); params.variant is ignored.
 const char* launch_zaya_router(const ZayaRouterParams& params, StreamHandle stream_handle) {

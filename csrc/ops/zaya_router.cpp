@@ -49,9 +49,12 @@ ZayaRouterVariant choose_variant(int64_t num_tokens) {
   if (const char* forced = std::getenv("ZAYA_ROUTER_VARIANT")) {
     if (std::strcmp(forced, "cluster") == 0) return ZayaRouterVariant::kCluster;
     if (std::strcmp(forced, "tile") == 0) return ZayaRouterVariant::kTile;
-    ZK_CHECK(forced[0] == '\0', kOp, ": ZAYA_ROUTER_VARIANT must be 'cluster', 'tile' or unset, got '", forced, "'");
+    if (std::strcmp(forced, "split") == 0) return ZayaRouterVariant::kSplit;
+    ZK_CHECK(forced[0] == '\0', kOp, ": ZAYA_ROUTER_VARIANT must be 'cluster', 'split', 'tile' or unset, got '",
+             forced, "'");
   }
-  return num_tokens <= kRouterClusterMaxTokens ? ZayaRouterVariant::kCluster : ZayaRouterVariant::kTile;
+  if (num_tokens <= kRouterClusterMaxTokens) return ZayaRouterVariant::kCluster;
+  return num_tokens <= kRouterSplitMaxTokens ? ZayaRouterVariant::kSplit : ZayaRouterVariant::kTile;
 }
 
 void zaya_router_out(const at::Tensor& x,                     // [T, H] bf16
@@ -135,6 +138,13 @@ void zaya_router_out(const at::Tensor& x,                     // [T, H] bf16
   params.num_routes = static_cast<int32_t>(routes);
   params.eps = static_cast<float>(eps);
   params.variant = choose_variant(num_tokens);
+  // The backend's scratch (the split variant's fp32 partial sums, 8 KB per token), from the caching
+  // allocator: stream-ordered, so it is reused only after these kernels.
+  at::Tensor workspace;
+  if (const int64_t bytes = zaya_router_workspace_bytes(params); bytes > 0) {
+    workspace = at::empty({bytes / static_cast<int64_t>(sizeof(float))}, x.options().dtype(at::kFloat));
+    params.partials = workspace.data_ptr<float>();
+  }
   check_launch(kOp, launch_zaya_router(params, c10::cuda::getCurrentCUDAStream().stream()));
 }
 
