@@ -282,15 +282,18 @@ def _git(*args: str) -> str | None:
 
 
 def git_commit() -> str:
-    """HEAD of the checkout ("-dirty" when tracked files differ from it); without git or .git (the GPU
-    machine gets a copy of the working tree) the ZAYA_COMMIT environment variable, else "unknown"."""
+    """The ZAYA_COMMIT environment variable when set (the caller names the commit it shipped: the GPU
+    machine gets a copy of the working tree whose .git need not match it; seen: a stale HEAD), else
+    HEAD of the checkout ("-dirty" when tracked files differ from it), else "unknown"."""
+    if os.environ.get("ZAYA_COMMIT"):
+        return os.environ["ZAYA_COMMIT"]
     # Only this checkout's own .git: a copy of the tree placed inside another repository must not
     # report that repository's commit.
     head = _git("rev-parse", "HEAD") if (REPO_ROOT / ".git").exists() else None
     if head:
         changes = _git("status", "--porcelain", "--untracked-files=no")
         return head + ("-dirty" if changes else "")
-    return os.environ.get("ZAYA_COMMIT") or "unknown"
+    return "unknown"
 
 
 # ---------------------------------------------------------------------------------------------

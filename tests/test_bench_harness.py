@@ -155,9 +155,10 @@ def test_device_slug():
     assert harness.device_slug("NVIDIA GeForce RTX 4090") == "rtx-4090"
 
 
-def test_commit_falls_back_to_the_environment_without_git(tmp_path, monkeypatch):
-    monkeypatch.setattr(harness, "REPO_ROOT", tmp_path)
+def test_commit_named_by_the_environment_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("ZAYA_COMMIT", "abc123")
+    assert harness.git_commit() == "abc123"  # even inside this checkout, whose .git says otherwise
+    monkeypatch.setattr(harness, "REPO_ROOT", tmp_path)
     assert harness.git_commit() == "abc123"
     monkeypatch.delenv("ZAYA_COMMIT")
     assert harness.git_commit() == "unknown"

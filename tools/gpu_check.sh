@@ -5,12 +5,13 @@
 # Everything printed goes to $OUT/log.txt; results to $OUT/h200/ (the device tool returns at most
 # 8 files, so plots are left out: `python -m bench.report X.json` redraws them).
 #   usage: tools/gpu_check.sh [build] [test] [bench:SUITE,...] [model] [sanitize]
-#   e.g.   tools/gpu_check.sh build test bench:topk,route model sanitize
+#   e.g.   ZAYA_COMMIT=<full sha> tools/gpu_check.sh build test bench:topk,route model sanitize
+# Name the commit: the results record it, and the GPU machine's copy of .git can be stale.
 set -uo pipefail
 OUT=${OUT:-/tmp/zaya_out}
 mkdir -p "$OUT/h200"
 LOG=$OUT/log.txt
-export PYTHONUNBUFFERED=1 ZAYA_COMMIT=${ZAYA_COMMIT:-unknown}
+export PYTHONUNBUFFERED=1
 status=0
 stage() { echo "=== $1 ($(date +%T))" | tee -a "$LOG"; }
 run() { "$@" >> "$LOG" 2>&1 || { echo "FAILED ($?): $*" | tee -a "$LOG"; status=1; }; }
