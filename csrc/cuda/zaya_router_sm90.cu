@@ -182,8 +182,9 @@ const char* launch_zaya_router(const ZayaRouterParams& params, StreamHandle stre
   if (params.variant == ZayaRouterVariant::kTile) return launch_tile_variant(params, stream);
   if (params.variant == ZayaRouterVariant::kSplit) return launch_split_variant(params, stream);
   // Tokens per cluster: the fewest rows (least MMA and exchange work per CTA) whose groups all fit on
-  // the GPU at once (a second wave would double the time); 80 rows keep T = 1024 in one wave of 13
-  // clusters on the H200 (15 fit).
+  // the GPU at once (a second wave would double the time). On the H200 (15 clusters fit) the automatic
+  // choice stays within 32 rows (T <= kRouterClusterMaxTokens = 480); 80 rows serve a forced cluster
+  // launch up to 1200 tokens, or GPUs where fewer clusters fit.
   if (params.num_tokens <= cluster_variant_capacity<16>()) return launch_cluster_variant<16>(params, stream);
   if (params.num_tokens <= cluster_variant_capacity<32>()) return launch_cluster_variant<32>(params, stream);
   return launch_cluster_variant<80>(params, stream);
