@@ -257,6 +257,15 @@ def check_align(ids, experts, block_m):
     return got
 
 
+def check_align_out_form(ids, experts, block_m):
+    """The .out form into poisoned buffers equals the reference (ids may be strided)."""
+    want = reference.moe_align(ids.contiguous(), experts, block_m)
+    outs = tuple(poison_(torch.empty_like(t)) for t in want)
+    ops.moe_align(ids, experts, block_m, out=outs)
+    for a, b in zip(outs, want):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("tokens", TOKENS)
 @pytest.mark.parametrize("k,experts,block_m", [(1, 16, 64), (2, 16, 16), (8, 64, 128), (1, 256, 1), (4, 7, 3)])
 def test_moe_align_matches_reference(tokens, k, experts, block_m, cuda_gen):
@@ -297,21 +306,13 @@ def test_moe_align_writes_everything(tokens, cuda_gen):
     for ids in (strided, torch.full((tokens, 1), 16, dtype=torch.int32, device="cuda"),
                 torch.full((tokens, 2), -1, dtype=torch.int32, device="cuda"),
                 torch.full((tokens, 1), 5, dtype=torch.int32, device="cuda")):
-        want = reference.moe_align(ids.contiguous(), 16, 64)
-        outs = tuple(poison_(torch.empty_like(t)) for t in want)
-        ops.moe_align(ids, 16, 64, out=outs)
-        for a, b in zip(outs, want):
-            assert torch.equal(a, b)
+        check_align_out_form(ids, 16, 64)
 
 
 def test_moe_align_strided_ids_and_out_form(cuda_gen):
     big = random_ids(3000, 5, 16, cuda_gen)
     ids = big[:, 1:3]  # [T, 2], row stride 5
-    want = reference.moe_align(ids.contiguous(), 16, 32)
-    outs = tuple(poison_(torch.empty_like(t)) for t in want)
-    ops.moe_align(ids, 16, 32, out=outs)
-    for a, b in zip(outs, want):
-        assert torch.equal(a, b)
+    check_align_out_form(ids, 16, 32)
 
 
 def test_moe_align_empty_experts_and_one_expert(cuda_gen):

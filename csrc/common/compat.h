@@ -60,18 +60,6 @@ ZK_DEVICE lane_mask_t ballot(bool pred) {
 #endif
 }
 
-// Shared-memory writes of the warp's lanes before it are seen by its lanes after it. HIP 5.2 has no
-// __syncwarp; a wave runs in lockstep, so only the compiler and the LDS ordering need the fences.
-ZK_DEVICE void syncwarp() {
-#if defined(ZK_HIP)
-  __builtin_amdgcn_fence(__ATOMIC_RELEASE, "wavefront");
-  __builtin_amdgcn_wave_barrier();
-  __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "wavefront");
-#else
-  __syncwarp();
-#endif
-}
-
 ZK_DEVICE int popc(lane_mask_t m) {
 #if defined(ZK_HIP)
   return __popcll(m);
