@@ -35,7 +35,7 @@ TOKENS = (1, 16, 128, 256, 512, 1024, 4096, 65536)
 QUICK_TOKENS = (1, 1024, 65536)
 CPU_TOKENS = (1, 16)
 BLOCK_M = 64                   # rows per grouped-GEMM tile: moe_align pads each expert's segment to it
-VARIANT_TOKENS = (256, 1024, 4096)  # sizes where every router variant is timed (the crossovers' evidence)
+VARIANT_TOKENS = (128, 256, 1024, 4096)  # sizes where every router variant is timed (the crossovers' evidence)
 MAX_SETS = 64
 TIE_MARGIN = 1e-3              # tokens whose reference top-2 biased scores are closer are not checked
 

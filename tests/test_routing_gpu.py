@@ -131,7 +131,7 @@ def test_router_matches_reference(tokens, router_variant, cuda_gen):
 
 
 @pytest.mark.parametrize("router_variant", ["cluster", "split", "tile"], indirect=True)
-@pytest.mark.parametrize("tokens", (1, 7, 100, 241, 1000, 4096))
+@pytest.mark.parametrize("tokens", (1, 7, 100, 241, 700, 1000, 4096))
 def test_router_each_variant(tokens, router_variant, cuda_gen):
     """Every variant at sizes where the automatic choice would not pick it."""
     x, r_prev, w = make_router_inputs(tokens, cuda_gen)

@@ -95,18 +95,19 @@ constexpr int64_t align_num_chunks(int64_t num_pairs, int32_t num_experts) {
 // E' routes; top-1 of (p + balancing_bias), the lower index winning ties; weight = unbiased p.
 enum class ZayaRouterVariant : int32_t {
   // T <= kRouterClusterMaxTokens: one cluster of kRouterClusterSize CTAs per group of 16, 32 or 80
-  // tokens (the fewest rows whose groups all fit on the GPU at once; 80 only where fewer than 15
-  // clusters fit, or when forced), the down-projection split over K
-  // across the cluster, partial sums and the 256-wide rows exchanged through distributed shared memory
-  // (mma.sync). Spreads W_down's 1 MB over 8 SMs per group.
+  // tokens (the fewest rows whose groups all fit on the GPU at once; 32 and 80 only when forced or
+  // where fewer than 8 clusters fit), the down-projection split over K across the cluster, partial
+  // sums and the 256-wide rows exchanged through distributed shared memory (mma.sync). Spreads
+  // W_down's 1 MB over 8 SMs per group, in one launch and without a workspace: the decode path.
   kCluster = 0,
   // T > kRouterSplitMaxTokens: persistent CTA pairs, each CTA 128 tokens x all 256 outputs (wgmma),
   // every weight tile TMA-multicast to both CTAs of the pair, the MLP fused on the register-resident rows.
   kTile = 1,
   // kRouterClusterMaxTokens < T <= kRouterSplitMaxTokens: two kernels. The down-projection split over K
-  // into kRouterSplitK slices, each CTA writing its fp32 partial sums to `partials` (through L2, whose
-  // bandwidth the cluster variant's DSMEM exchange lacks at these sizes); then one CTA per 16 tokens
-  // sums the slices and runs the rest of the router with the MLP weights streamed through TMA.
+  // into kRouterSplitK slices, each CTA (64 tokens, wgmma) writing its fp32 partial sums to `partials`
+  // (through L2, whose bandwidth the cluster variant's DSMEM exchange lacks at these sizes); then
+  // clusters of 4 CTAs per 16, 32 or 48 tokens, each CTA a quarter of the 256 columns, exchanging row
+  // sums, n, h1 and partial logits by st.async pushes into each other's shared memory.
   kSplit = 2,
 };
 
@@ -147,12 +148,11 @@ constexpr int kRouterMaxHidden = 2048;   // ZAYA1's H; the cluster variant's sha
 constexpr int kRouterClusterSize = 8;    // portable cluster size; 15 clusters of 8 fit the 132-SM H200 at once
 constexpr int kRouterSplitK = 8;         // K slices of the split variant's down-projection (H / 8 each)
 // Crossovers between the variants (bench/results/h200/route.json, rows zaya_cluster / zaya_split /
-// zaya_tile; H200). Cluster -> split: the cluster variant's groups of 32 tokens (15 fit at once) end
-// at 480; the split variant's fixed cost (every MLP CTA streams all 256 KB of fc weights) loses below
-// that (T = 256: cluster 13.3 us, split 19.5 us) and wins above (T = 512: 26.3 vs 20.4 us, where the
-// cluster variant's 80-token groups exchange 7 KB of fp32 partials per token through DSMEM).
-// Split -> tile at 1024 tokens (T = 2048: tile 46 us; T = 4096: split 2x slower than tile).
-constexpr int64_t kRouterClusterMaxTokens = 480;
+// zaya_tile; H200). Cluster -> split above 128 tokens: the two tie up to there (T = 128: 9.5 us
+// each) and the cluster variant needs no workspace (decode batches); above it its DSMEM exchange of
+// fp32 partials (7 KB per token) grows with T (T = 256: cluster 13.3 us, split 10.0 us).
+// Split -> tile above 1024 tokens (T = 4096: split 2x slower than tile).
+constexpr int64_t kRouterClusterMaxTokens = 128;
 constexpr int64_t kRouterSplitMaxTokens = 1024;
 
 }  // namespace zk

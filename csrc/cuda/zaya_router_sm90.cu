@@ -3,7 +3,8 @@
 // the variant the host launcher chose (ZayaRouterParams::variant; see csrc/common/params.h):
 //   kCluster (zaya_router_sm90_cluster.cuh): clusters of 8 CTAs, K split, DSMEM exchange, mma.sync;
 //   kTile    (zaya_router_sm90_tile.cuh):    persistent CTA pairs, 128 tokens each, TMA multicast, wgmma;
-//   kSplit   (zaya_router_sm90_split.cuh):   a split-K down-projection through L2, then a per-16-token MLP.
+//   kSplit   (zaya_router_sm90_split.cuh):   a split-K down-projection through L2, then the rest in
+//                                             clusters of 4 CTAs, each a quarter of the columns.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -55,12 +56,27 @@ bool encode_bf16_map(CUtensorMap* map, const void* base, int64_t rows, int64_t c
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-bool encode_maps(RouterTensorMaps* maps, const ZayaRouterParams& p, int x_box_rows, int fc_box_rows) {
+bool encode_maps(RouterTensorMaps* maps, const ZayaRouterParams& p, int x_box_rows, int down_box_rows,
+                 int fc_box_rows) {
   return encode_bf16_map(&maps->x, p.x, p.num_tokens, p.hidden, p.x_row_stride, x_box_rows) &&
-         encode_bf16_map(&maps->down_w, p.down_w, kRouterWidth, p.hidden, p.hidden, 128) &&
+         encode_bf16_map(&maps->down_w, p.down_w, kRouterWidth, p.hidden, p.hidden, down_box_rows) &&
          encode_bf16_map(&maps->fc1_w, p.fc1_w, kRouterWidth, kRouterWidth, kRouterWidth, fc_box_rows) &&
          encode_bf16_map(&maps->fc2_w, p.fc2_w, kRouterWidth, kRouterWidth, kRouterWidth, fc_box_rows) &&
          encode_bf16_map(&maps->out_w, p.out_w, p.num_routes, kRouterWidth, kRouterWidth, kRouterMaxRoutes);
+}
+
+// The split variant's partial sums, [kRouterSplitK, T, R] fp32 contiguous, read in boxes of
+// {64 columns, box_rows tokens, all K slices} without swizzling; rows >= T read as zeros.
+bool encode_partials_map(CUtensorMap* map, const ZayaRouterParams& p, int box_rows) {
+  const EncodeTiledFn encode = encode_tiled();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[3] = {kRouterWidth, static_cast<cuuint64_t>(p.num_tokens), kRouterSplitK};
+  const cuuint64_t strides[2] = {kRouterWidth * sizeof(float), static_cast<cuuint64_t>(p.num_tokens) * kRouterWidth * sizeof(float)};
+  const cuuint32_t box[3] = {sm90::kMlpSlice, static_cast<cuuint32_t>(box_rows), kRouterSplitK};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, p.partials, dims, strides, box, element_strides,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 // Dynamic shared memory above 48 KB must be allowed per kernel and device, once (one instantiation,
@@ -127,7 +143,7 @@ int tile_cluster_slots() {
 template <int kRows>
 const char* launch_cluster_variant(const ZayaRouterParams& p, cudaStream_t stream) {
   RouterTensorMaps maps;
-  if (!encode_maps(&maps, p, kRows, sm90::kClusterSlice)) return "cuTensorMapEncodeTiled failed (router tensor maps)";
+  if (!encode_maps(&maps, p, kRows, 128, sm90::kClusterSlice)) return "cuTensorMapEncodeTiled failed (router tensor maps)";
   constexpr int kSmem = sm90::cluster_smem_bytes<kRows>();
   const cudaError_t err = allow_smem<sm90::zaya_router_cluster_kernel<kRows>>(kSmem);
   if (err != cudaSuccess) return cudaGetErrorString(err);
@@ -138,7 +154,7 @@ const char* launch_cluster_variant(const ZayaRouterParams& p, cudaStream_t strea
 
 const char* launch_tile_variant(const ZayaRouterParams& p, cudaStream_t stream) {
   RouterTensorMaps maps;
-  if (!encode_maps(&maps, p, sm90::kTileRows, sm90::kFcChunkRows)) {
+  if (!encode_maps(&maps, p, sm90::kTileRows, 128, sm90::kFcChunkRows)) {
     return "cuTensorMapEncodeTiled failed (router tensor maps)";
   }
   const cudaError_t err = allow_smem<sm90::zaya_router_tile_kernel>(sm90::kTileSmemBytes);
@@ -150,23 +166,42 @@ const char* launch_tile_variant(const ZayaRouterParams& p, cudaStream_t stream) 
                           dim3(sm90::kTileThreads), sm90::kTileSmemBytes, stream, maps, p);
 }
 
-const char* launch_split_variant(const ZayaRouterParams& p, cudaStream_t stream) {
-  if (p.partials == nullptr) return "the split variant needs its workspace (zaya_router_workspace_bytes)";
+template <int kRows>
+int64_t split_variant_capacity() {  // tokens one wave of kRows-row mlp clusters holds
+  return kRows * static_cast<int64_t>(cluster_slots<sm90::zaya_router_split_mlp_kernel<kRows>>(
+                     sm90::kMlpClusterSize, sm90::kMlpThreads, sm90::split_mlp_smem_bytes<kRows>(), 1));
+}
+
+template <int kRows>
+const char* launch_split_rows(const ZayaRouterParams& p, cudaStream_t stream) {
   RouterTensorMaps maps;
-  if (!encode_maps(&maps, p, sm90::kSplitDownRows, sm90::kFcChunkCols)) {
+  CUtensorMap partials_map;
+  if (!encode_maps(&maps, p, sm90::kSplitDownRows, kRouterWidth, sm90::kMlpSlice) ||
+      !encode_partials_map(&partials_map, p, kRows)) {
     return "cuTensorMapEncodeTiled failed (router tensor maps)";
   }
+  constexpr int kMlpSmem = sm90::split_mlp_smem_bytes<kRows>();
   cudaError_t err = allow_smem<sm90::zaya_router_split_down_kernel>(sm90::kSplitDownSmemBytes);
-  if (err == cudaSuccess) err = allow_smem<sm90::zaya_router_split_mlp_kernel>(sm90::kSplitMlpSmemBytes);
+  if (err == cudaSuccess) err = allow_smem<sm90::zaya_router_split_mlp_kernel<kRows>>(kMlpSmem);
   if (err != cudaSuccess) return cudaGetErrorString(err);
   const auto down_tiles = static_cast<unsigned>((p.num_tokens + sm90::kSplitDownRows - 1) / sm90::kSplitDownRows);
-  const auto mlp_blocks = static_cast<unsigned>((p.num_tokens + sm90::kSplitMlpRows - 1) / sm90::kSplitMlpRows);
+  const auto groups = static_cast<unsigned>((p.num_tokens + kRows - 1) / kRows);
   if (const char* error = launch_dependent(sm90::zaya_router_split_down_kernel, dim3(down_tiles, kRouterSplitK),
-                                           dim3(sm90::kBlockThreads), sm90::kSplitDownSmemBytes, stream, maps, p)) {
+                                           dim3(sm90::kSplitDownThreads), sm90::kSplitDownSmemBytes, stream, maps, p)) {
     return error;
   }
-  return launch_dependent(sm90::zaya_router_split_mlp_kernel, dim3(mlp_blocks), dim3(sm90::kBlockThreads),
-                          sm90::kSplitMlpSmemBytes, stream, maps, p);
+  return launch_dependent(sm90::zaya_router_split_mlp_kernel<kRows>, dim3(groups * sm90::kMlpClusterSize),
+                          dim3(sm90::kMlpThreads), kMlpSmem, stream, maps, partials_map, p);
+}
+
+// Tokens per mlp cluster: the fewest (least work per CTA) whose clusters all fit on the GPU at once,
+// since a second wave doubles the kernel's time (H200: 30 clusters of 4 fit; 16 rows up to 480 tokens,
+// 32 up to 960, 48 beyond).
+const char* launch_split_variant(const ZayaRouterParams& p, cudaStream_t stream) {
+  if (p.partials == nullptr) return "the split variant needs its workspace (zaya_router_workspace_bytes)";
+  if (p.num_tokens <= split_variant_capacity<16>()) return launch_split_rows<16>(p, stream);
+  if (p.num_tokens <= split_variant_capacity<32>()) return launch_split_rows<32>(p, stream);
+  return launch_split_rows<48>(p, stream);
 }
 
 }  // namespace
@@ -183,8 +218,8 @@ const char* launch_zaya_router(const ZayaRouterParams& params, StreamHandle stre
   if (params.variant == ZayaRouterVariant::kSplit) return launch_split_variant(params, stream);
   // Tokens per cluster: the fewest rows (least MMA and exchange work per CTA) whose groups all fit on
   // the GPU at once (a second wave would double the time). On the H200 (15 clusters fit) the automatic
-  // choice stays within 32 rows (T <= kRouterClusterMaxTokens = 480); 80 rows serve a forced cluster
-  // launch up to 1200 tokens, or GPUs where fewer clusters fit.
+  // choice stays within 16 rows (T <= kRouterClusterMaxTokens = 128); 32 and 80 rows serve a forced
+  // cluster launch up to 1200 tokens, or GPUs where fewer clusters fit.
   if (params.num_tokens <= cluster_variant_capacity<16>()) return launch_cluster_variant<16>(params, stream);
   if (params.num_tokens <= cluster_variant_capacity<32>()) return launch_cluster_variant<32>(params, stream);
   return launch_cluster_variant<80>(params, stream);

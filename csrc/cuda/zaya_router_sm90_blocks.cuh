@@ -57,15 +57,19 @@ ZK_DEVICE void down_slice_mma(float (&acc)[kRows / 16][4][4], const uint64_t* bo
 // in [kRows, 256] bf16 -> output columns [col_base, col_base + kCols) of GELU(in W^T + b), rounded to
 // bf16, written to the same columns of `out`. W's rows for those columns arrive as 4 K boxes of
 // [kCols x 64] (128-byte swizzle) at w_boxes. in/out: [kRows][kActPitch] bf16; bias: [256] fp32.
+// A warp owns one (m16, n8) output tile at a time. Its 16 k16 steps go round-robin into kChains
+// accumulators summed at the end: one accumulator made them a chain of 16 dependent MMAs (~16 x 33
+// cycles on the H200, the whole layer's latency at these sizes); 4 chains overlap 4 at a time.
 template <int kRows, int kCols>
 ZK_DEVICE void mlp_layer_columns(const uint16_t (*in)[kActPitch], uint16_t (*out)[kActPitch], uint32_t w_boxes,
                                  const float* bias, int col_base, int warp, int lane) {
   constexpr int kMTiles = kRows / 16;
   constexpr int kNTiles = kCols / 8;
+  constexpr int kChains = 4;
   const int g = lane / 4, q = lane % 4;
   for (int item = warp; item < kMTiles * kNTiles; item += kBlockThreads / 32) {
     const int mt = item / kNTiles, j = item % kNTiles;  // m16 tile, n8 tile of the kCols columns
-    float c[4] = {0.f, 0.f, 0.f, 0.f};
+    float c[kChains][4] = {};
 #pragma unroll
     for (int s = 0; s < kRouterWidth / 32; ++s) {
       uint32_t b[4];  // b0/b1 of k16 steps 2s and 2s+1
@@ -77,14 +81,17 @@ ZK_DEVICE void mlp_layer_columns(const uint16_t (*in)[kActPitch], uint16_t (*out
       for (int h = 0; h < 2; ++h) {
         uint32_t a[4];
         ldmatrix_x4(a, smem_addr(&in[16 * mt + lane % 16][32 * s + 16 * h + (lane / 16) * 8]));
-        mma_bf16_16816(c, a, b[2 * h], b[2 * h + 1]);
+        mma_bf16_16816(c[(2 * s + h) % kChains], a, b[2 * h], b[2 * h + 1]);
       }
     }
+    float sum[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) sum[e] = (c[0][e] + c[1][e]) + (c[2][e] + c[3][e]);
     const int col = col_base + 8 * j + 2 * q;
     *reinterpret_cast<uint32_t*>(&out[16 * mt + g][col]) =
-        pack_bf16x2_rn(gelu_erf(c[0] + bias[col]), gelu_erf(c[1] + bias[col + 1]));
+        pack_bf16x2_rn(gelu_erf(sum[0] + bias[col]), gelu_erf(sum[1] + bias[col + 1]));
     *reinterpret_cast<uint32_t*>(&out[16 * mt + g + 8][col]) =
-        pack_bf16x2_rn(gelu_erf(c[2] + bias[col]), gelu_erf(c[3] + bias[col + 1]));
+        pack_bf16x2_rn(gelu_erf(sum[2] + bias[col]), gelu_erf(sum[3] + bias[col + 1]));
   }
 }
 

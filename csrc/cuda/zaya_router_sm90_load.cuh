@@ -59,6 +59,20 @@ ZK_DEVICE void mbar_wait(uint32_t bar, uint32_t parity) {
   }
 }
 
+// The same wait with acquire at cluster scope: for a barrier that other CTAs' st.async operations
+// complete (their complete_tx releases at cluster scope).
+ZK_DEVICE void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done) {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+        " selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  }
+}
+
 // ---- TMA ------------------------------------------------------------------------------------------
 
 ZK_DEVICE void tma_prefetch_descriptor(const CUtensorMap* map) {
@@ -72,6 +86,15 @@ ZK_DEVICE void tma_load_2d(uint32_t dst, const CUtensorMap* map, int32_t inner, 
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
           dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(inner), "r"(outer), "r"(bar)
+      : "memory");
+}
+
+// Box at (c0, c1, c2) element coordinates of a 3-D tensor map (innermost first); as tma_load_2d.
+ZK_DEVICE void tma_load_3d(uint32_t dst, const CUtensorMap* map, int32_t c0, int32_t c1, int32_t c2, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
       : "memory");
 }
 
@@ -126,6 +149,12 @@ ZK_DEVICE void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
+// The two halves of cluster_sync, for a barrier whose wait can come much later: arrive (relaxed: it
+// orders nothing) at kernel start, wait before the first access to another CTA's shared memory, which
+// is only allowed once every CTA of the cluster has started.
+ZK_DEVICE void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory"); }
+ZK_DEVICE void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
+
 // Address of the same shared-memory offset in CTA `cta_rank` of the cluster.
 ZK_DEVICE uint32_t dsmem_map(uint32_t local, uint32_t cta_rank) {
   uint32_t remote;
@@ -140,6 +169,21 @@ ZK_DEVICE float4 dsmem_load_f32x4(uint32_t remote) {
                : "r"(remote)
                : "memory");
   return v;
+}
+
+// Asynchronous stores into another CTA's shared memory (`remote`, from dsmem_map) that complete_tx
+// `remote_bar` there, a barrier at the same CTA: the receiver waits on its own barrier for the bytes;
+// no cluster barrier (whose release fences all of global memory) is needed.
+ZK_DEVICE void dsmem_store_async_u32x4(uint32_t remote, uint4 v, uint32_t remote_bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(remote),
+               "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(remote_bar)
+               : "memory");
+}
+
+ZK_DEVICE void dsmem_store_async_f32(uint32_t remote, float v, uint32_t remote_bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote),
+               "r"(__float_as_uint(v)), "r"(remote_bar)
+               : "memory");
 }
 
 ZK_DEVICE void dsmem_store_f32(uint32_t remote, float v) {

@@ -1,17 +1,26 @@
 // SPDX-License-Identifier: Apache-2.0
 // zaya_router_sm90_split.cuh: the mid-T router (ZayaRouterVariant::kSplit), two kernels.
 //
-// Why: between ~240 and ~1K tokens the cluster variant's exchange of fp32 partial sums through DSMEM
-// (7 KB per token) runs at ~1 TB/s chip-wide and takes most of its time (H200, T = 1024: exchange 1
-// alone 7.9 us of 26), while the tile variant puts only T/128 SMs to work. Here the same K split
-// goes through L2 instead, and no step needs another CTA's shared memory:
-//   down:  grid (T/64, 8): CTA (m, s) computes x[64m.., K slice s] W_down[:, K slice s]^T, a
-//          [64 x 256] fp32 partial, and stores it to partials[s] (coalesced 32-byte row pieces);
-//   mlp:   one CTA per 16 tokens: sums the 8 partials (+ bias, EDA) -> r (r_out), RMSNorm -> n, then
-//          fc1 and fc2 as 8 chunks of 64 output columns whose weights (32 KB each) stream through 5
-//          TMA slots, then the logits, softmax and the biased top-1.
-// Both launches are programmatic dependent launches: the mlp kernel's weight loads (the first 5 fc
-// chunks, W_out) are issued before its griddepcontrol.wait, under the down kernel's tail.
+// Why: from ~100 to ~1K tokens no single layout keeps both the weight reads and the exchanges small.
+// The cluster variant exchanges 7 KB of fp32 partials per token through DSMEM (~14 B/clk per SM for
+// an all-to-all even as bulk pushes, H200 probe), and a CTA per 16 tokens that reads all 256 KB of
+// fc weights spends its time on those reads. Here:
+//   down: grid (T/64, 8): CTA (m, s) computes the [64 x 256] fp32 partial product of x[64m.., K slice
+//         s] and W_down[:, K slice s] with one warpgroup (wgmma m64n256k16; at T = 1K the 8 K slices
+//         give 128 CTAs) and stores it to partials[s] in L2. Per CTA: 32 KB of x + 128 KB of W_down,
+//         whole-box TMA (one 32 KB W box per K box) issued by one lane of each warp: one thread
+//         issuing 8 KB boxes pulled ~26 B/clk, four issuers or 32 KB boxes 42-66 B/clk (H200 probe).
+//   mlp:  clusters of 4 CTAs per kRows tokens; CTA c owns columns [64c, 64c+64) of every 256-wide
+//         row. It reads its columns of the 8 partials (one 3-D TMA box), adds bias and EDA -> r (its
+//         columns of r_out), sends the row sums of squares to the cluster; then n, h1 in column
+//         slices pushed into every CTA of the cluster, fc1/fc2 on its 64 rows of the weights (64 KB,
+//         fetched before griddepcontrol.wait, under the down kernel), partial logits from its h2
+//         slice pushed to the row's owner, softmax and top-1 there.
+//         Every exchange is a push of st.async stores that complete a barrier in the receiving CTA,
+//         which knows how many bytes to wait for: no cluster barrier, whose release half is a
+//         GPU-scope memory fence (MEMBAR.ALL.GPU in the SASS) on every use.
+// Per CTA the mlp kernel reads 64 KB of weights and kRows x 2 KB of partials, and exchanges kRows x
+// 384 B of bf16 through DSMEM: a quarter of the split-by-16-rows layout's weight traffic.
 #pragma once
 
 #include "zaya_router_sm90_blocks.cuh"
@@ -19,243 +28,351 @@
 namespace zk {
 namespace sm90 {
 
-constexpr int kSplitDownRows = 64;                               // tokens per down CTA (4 m16 tiles)
+// ---- down -----------------------------------------------------------------------------------------
+
+constexpr int kSplitDownRows = 64;       // tokens per down CTA: the wgmma M of one warpgroup
+constexpr int kSplitDownThreads = 128;   // one warpgroup
 constexpr int kSplitMaxKBoxes = kRouterMaxHidden / kRouterSplitK / 64;
-constexpr int kSplitMlpRows = 16;                                // tokens per mlp CTA (one m16 tile)
-constexpr int kFcChunkCols = 64;                                 // output columns per fc chunk
-constexpr int kFcChunkBytes = kFcChunkCols * kRouterWidth * 2;   // [64 x 256] bf16 = 4 K boxes of [64 x 64]
-constexpr int kFcChunksPerLayer = kRouterWidth / kFcChunkCols;
-constexpr int kFcSlots = 5;  // fc1's 4 chunks + fc2's first; fc2's others reuse slots 0..2 once fc1 is done
-static_assert(kFcSlots > kFcChunksPerLayer && 2 * kFcChunksPerLayer - kFcSlots <= kFcChunksPerLayer,
-              "fc2's late chunks fit in the slots fc1 frees");
+static_assert(kSplitMaxKBoxes <= kSplitDownThreads / 32, "one issuing warp per K box");
 
 struct SplitDownSmem {
-  uint8_t x[kSplitMaxKBoxes][kSplitDownRows * 128];        // [64 x 64] bf16 boxes, 128-byte swizzle
-  uint8_t down_w[kSplitMaxKBoxes][kRouterWidth * 128];     // [256 x 64] bf16 boxes
+  uint8_t down_w[kSplitMaxKBoxes][kRouterWidth * 128];  // [256 x 64] bf16 boxes, 128-byte swizzle
+  uint8_t x[kSplitMaxKBoxes][kSplitDownRows * 128];     // [64 x 64] bf16 boxes
   uint64_t box_ready[kSplitMaxKBoxes];
 };
-
-struct SplitMlpSmem {
-  uint8_t fc[kFcSlots][kFcChunkBytes];                     // chunk c (fc1: 0..3, fc2: 4..7) in slot c % 5
-  uint8_t out_w[4][kRouterMaxRoutes * 128];                // W_out as 4 K boxes of [32 x 64], rows >= E' zero
-  uint16_t act_a[kSplitMlpRows][kActPitch];                // n, later h2
-  uint16_t act_b[kSplitMlpRows][kActPitch];                // h1
-  RouterVectors vec;
-  float logits[kSplitMlpRows][kRouterMaxRoutes];
-  uint64_t slot_ready[kFcSlots];
-  uint64_t out_w_ready;
-};
-
 constexpr int kSplitDownSmemBytes = static_cast<int>(sizeof(SplitDownSmem)) + 1024;  // + alignment slack
-constexpr int kSplitMlpSmemBytes = static_cast<int>(sizeof(SplitMlpSmem)) + 1024;
-static_assert(kSplitMlpSmemBytes <= 227 * 1024, "fits one SM's shared memory");
 
-// ---- down: one K slice of 64 tokens --------------------------------------------------------------
-
-__global__ void __launch_bounds__(kBlockThreads, 1)
+__global__ void __launch_bounds__(kSplitDownThreads, 1)
     zaya_router_split_down_kernel(const __grid_constant__ RouterTensorMaps maps, const ZayaRouterParams p) {
   extern __shared__ uint8_t smem_raw[];
   SplitDownSmem& s = *reinterpret_cast<SplitDownSmem*>(align_smem_1024(smem_raw));
   const int slice = static_cast<int>(blockIdx.y);
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kSplitDownRows;
-  const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
-  const int g = lane / 4, q = lane % 4;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int k_boxes = p.hidden / (kRouterSplitK * 64);
   const int k_first = slice * k_boxes * 64;
+  const bool issuer = lane == 0 && warp < k_boxes;  // K box `warp`
+  const uint32_t bar = smem_addr(&s.box_ready[warp]);
 
   allow_dependent_launch();
-  if (thread == 0) {  // W_down first: it does not depend on the kernel before this one
-    for (int b = 0; b < k_boxes; ++b) mbar_init(smem_addr(&s.box_ready[b]), 1);
+  if (issuer) {  // W_down first: it does not depend on the kernel before this one
+    mbar_init(bar, 1);
     mbar_init_fence();
-    for (int b = 0; b < k_boxes; ++b) {
-      const uint32_t bar = smem_addr(&s.box_ready[b]);
-      mbar_arrive_expect_tx(bar, kSplitDownRows * 128 + kRouterWidth * 128);
-      tma_load_2d(smem_addr(s.down_w[b]), &maps.down_w, k_first + 64 * b, 0, bar);
-      tma_load_2d(smem_addr(s.down_w[b]) + 128 * 128, &maps.down_w, k_first + 64 * b, 128, bar);
-    }
+    mbar_arrive_expect_tx(bar, kRouterWidth * 128 + kSplitDownRows * 128);
+    tma_load_2d(smem_addr(s.down_w[warp]), &maps.down_w, k_first + 64 * warp, 0, bar);
   }
   wait_for_prerequisite_grids();
-  if (thread == 0) {
-    for (int b = 0; b < k_boxes; ++b) {
-      tma_load_2d(smem_addr(s.x[b]), &maps.x, k_first + 64 * b, static_cast<int32_t>(row0),
-                  smem_addr(&s.box_ready[b]));
-    }
-  }
+  if (issuer) tma_load_2d(smem_addr(s.x[warp]), &maps.x, k_first + 64 * warp, static_cast<int32_t>(row0), bar);
   __syncthreads();  // the barriers are initialised before any thread waits on them
 
-  float acc[kSplitDownRows / 16][4][4];
-  down_slice_mma<kSplitDownRows>(acc, s.box_ready, smem_addr(s.x[0]), smem_addr(s.down_w[0]), k_boxes, warp, lane);
+  float acc[128];  // wgmma D layout: rows 16 warp + lane/4 (+8), columns 8i + 2q (+1)
+  zero_accumulators(acc);
+  for (int b = 0; b < k_boxes; ++b) {
+    mbar_wait(smem_addr(&s.box_ready[b]), 0);
+    const uint32_t x = smem_addr(s.x[b]), w = smem_addr(s.down_w[b]);
+    fence_registers(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      wgmma_m64n256k16_ss(acc, wgmma_desc_sw128(x + kk * 32), wgmma_desc_sw128(w + kk * 32), b > 0 || kk > 0);
+    }
+    wgmma_commit();
+  }
+  wgmma_wait<0>();
+  fence_registers(acc);
+
+  // Each store instruction writes 8 rows x 32 contiguous bytes: whole 32-byte sectors.
   float* partial = p.partials + static_cast<int64_t>(slice) * p.num_tokens * kRouterWidth;
+  const int64_t row_a = row0 + 16 * warp + lane / 4, row_b = row_a + 8;
+  const int q = lane % 4;
 #pragma unroll
-  for (int mt = 0; mt < kSplitDownRows / 16; ++mt)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t row = row0 + 16 * mt + g;
-      const int col = 32 * warp + 8 * j + 2 * q;
-      if (row < p.num_tokens) {
-        *reinterpret_cast<float2*>(partial + row * kRouterWidth + col) = make_float2(acc[mt][j][0], acc[mt][j][1]);
-      }
-      if (row + 8 < p.num_tokens) {
-        *reinterpret_cast<float2*>(partial + (row + 8) * kRouterWidth + col) =
-            make_float2(acc[mt][j][2], acc[mt][j][3]);
-      }
+  for (int i = 0; i < kRouterWidth / 8; ++i) {
+    const int col = 8 * i + 2 * q;
+    if (row_a < p.num_tokens) {
+      *reinterpret_cast<float2*>(partial + row_a * kRouterWidth + col) = make_float2(acc[4 * i], acc[4 * i + 1]);
     }
-}
-
-// ---- mlp: everything after the down-projection for 16 tokens --------------------------------------
-
-// fc chunk c (fc1 rows [64c, 64c+64) for c < 4, fc2 rows [64(c-4), ...) after) into its slot.
-ZK_DEVICE void load_fc_chunk(const RouterTensorMaps& maps, SplitMlpSmem& s, int chunk) {
-  const int slot = chunk % kFcSlots;
-  const uint32_t bar = smem_addr(&s.slot_ready[slot]);
-  const CUtensorMap* map = chunk < kFcChunksPerLayer ? &maps.fc1_w : &maps.fc2_w;
-  const int first_row = kFcChunkCols * (chunk % kFcChunksPerLayer);
-  mbar_arrive_expect_tx(bar, kFcChunkBytes);
-  for (int b = 0; b < kRouterWidth / 64; ++b) {
-    tma_load_2d(smem_addr(s.fc[slot]) + b * (kFcChunkCols * 128), map, 64 * b, first_row, bar);
+    if (row_b < p.num_tokens) {
+      *reinterpret_cast<float2*>(partial + row_b * kRouterWidth + col) = make_float2(acc[4 * i + 2], acc[4 * i + 3]);
+    }
   }
 }
 
-// One GELU layer of the 16 rows: chunks [first_chunk, first_chunk + 4) of the fc stream.
-ZK_DEVICE void split_mlp_layer(SplitMlpSmem& s, const uint16_t (*in)[kActPitch], uint16_t (*out)[kActPitch],
-                               const float* bias, int first_chunk, int warp, int lane) {
-  for (int c = first_chunk; c < first_chunk + kFcChunksPerLayer; ++c) {
-    mbar_wait(smem_addr(&s.slot_ready[c % kFcSlots]), static_cast<uint32_t>(c / kFcSlots));
-    mlp_layer_columns<kSplitMlpRows, kFcChunkCols>(in, out, smem_addr(s.fc[c % kFcSlots]), bias,
-                                                   kFcChunkCols * (c - first_chunk), warp, lane);
-  }
+// ---- mlp ------------------------------------------------------------------------------------------
+
+constexpr int kMlpClusterSize = 4;
+constexpr int kMlpSlice = kRouterWidth / kMlpClusterSize;  // columns a CTA owns: 64
+constexpr int kMlpThreads = kBlockThreads;
+constexpr int kMlpWeightBoxes = 8;                         // fc1's and fc2's 4 K boxes of [64 x 64]
+constexpr int kMlpPieces = kMlpSlice / 8;                  // 16-byte bf16 pieces per row of a slice
+static_assert(kMlpWeightBoxes == kMlpThreads / 32, "one issuing warp per weight box");
+
+template <int kRows>
+struct SplitMlpShape {
+  static_assert(kRows % 16 == 0, "whole m16 tiles");
+  static constexpr int kRowsPerCta = kRows / kMlpClusterSize;  // tokens whose top-1 a CTA computes
+  static constexpr int kPartialBytes = kRouterSplitK * kRows * kMlpSlice * 4;
+  // Items (token row, 8 columns of the slice) per thread.
+  static constexpr int kItems = (kRows * kMlpPieces + kMlpThreads - 1) / kMlpThreads;
+  // Bytes each CTA receives per exchange: row sums of squares and n from every CTA (itself too), h1
+  // from the 3 others, partial logits of its kRowsPerCta rows from every CTA.
+  static constexpr uint32_t kSumsBytes = kMlpClusterSize * kRows * 4;
+  static constexpr uint32_t kNBytes = kRows * kRouterWidth * 2;
+  static constexpr uint32_t kH1Bytes = (kMlpClusterSize - 1) * kRows * kMlpSlice * 2;
+  static constexpr uint32_t kLogitsBytes = kMlpClusterSize * kRowsPerCta * kRouterMaxRoutes * 4;
+};
+
+template <int kRows>
+struct SplitMlpSmem {
+  float partial[kRouterSplitK][kRows][kMlpSlice];  // this CTA's columns of the 8 partials (TMA, no swizzle)
+  uint8_t fc_w[kMlpWeightBoxes][kMlpSlice * 128];  // fc1 then fc2 rows [64c, 64c+64), K boxes of [64 x 64]
+  uint8_t out_w[kRouterMaxRoutes * 128];           // W_out[:, 64c:64c+64] as [32 x 64], rows >= E' zero
+  uint16_t act_a[kRows][kActPitch];                // n (all columns), then h2 (this CTA's columns)
+  uint16_t act_b[kRows][kActPitch];                // h1 (all columns)
+  RouterVectors vec;
+  float sum_squares[kMlpClusterSize][kRows];       // [source CTA][row]
+  float logit_parts[kMlpClusterSize][SplitMlpShape<kRows>::kRowsPerCta][kRouterMaxRoutes];  // [source CTA]
+  uint64_t weights_ready;                          // one arrival per issuing warp
+  uint64_t partials_ready;
+  // The exchanges: st.async from the cluster's CTAs complete these (SplitMlpShape has the bytes).
+  uint64_t sums_ready;
+  uint64_t n_ready;
+  uint64_t h1_ready;
+  uint64_t logits_ready;
+};
+
+template <int kRows>
+constexpr int split_mlp_smem_bytes() {
+  return static_cast<int>(sizeof(SplitMlpSmem<kRows>)) + 1024;  // + alignment slack
+}
+static_assert(split_mlp_smem_bytes<48>() <= 227 * 1024, "the largest group fits one SM's shared memory");
+
+// Item `i` of this thread: token row and the first of its 8 columns (absolute).
+struct SliceItem {
+  int row;
+  int col;
+  bool active;  // the item exists (kRows x 8 of them); uniform per warp
+};
+
+template <int kRows>
+ZK_DEVICE SliceItem slice_item(int i, int thread, int col_base) {
+  const int index = thread + i * kMlpThreads;
+  return SliceItem{index / kMlpPieces, col_base + 8 * (index % kMlpPieces), index < kRows * kMlpPieces};
 }
 
-// The row block's 32 logit columns (routes >= E' are zero rows of W_out): warp w < 4 computes n8
-// tile w over K = 256 from h2 (rows in `in`) and W_out's boxes.
-ZK_DEVICE void split_logits(SplitMlpSmem& s, const uint16_t (*in)[kActPitch], int warp, int lane) {
-  if (warp >= kRouterMaxRoutes / 8) return;
+// Stores a 16-byte piece / a float at `local`'s offset in CTA `cta` of the cluster, completing the
+// barrier at `bar`'s offset there.
+ZK_DEVICE void push_u32x4(const void* local, const uint64_t* bar, int cta, uint4 v) {
+  dsmem_store_async_u32x4(dsmem_map(smem_addr(local), cta), v, dsmem_map(smem_addr(bar), cta));
+}
+
+ZK_DEVICE void push_f32(const void* local, const uint64_t* bar, int cta, float v) {
+  dsmem_store_async_f32(dsmem_map(smem_addr(local), cta), v, dsmem_map(smem_addr(bar), cta));
+}
+
+// This CTA's h2 columns times W_out's matching columns: a [kRows x 32] partial of the logits, each
+// row stored into logit_parts[rank] of the CTA that owns the row. Items: (m16 tile, n8 tile of 4).
+template <int kRows>
+ZK_DEVICE void push_slice_logits(SplitMlpSmem<kRows>& s, int rank, int warp, int lane) {
+  constexpr int kRowsPerCta = SplitMlpShape<kRows>::kRowsPerCta;
+  constexpr int kNTiles = kRouterMaxRoutes / 8;
   const int g = lane / 4, q = lane % 4;
-  const uint32_t w_boxes = smem_addr(s.out_w[0]);
-  float c[4] = {0.f, 0.f, 0.f, 0.f};
+  const uint32_t w_box = smem_addr(s.out_w);
+  for (int item = warp; item < kRows / 16 * kNTiles; item += kMlpThreads / 32) {
+    const int mt = item / kNTiles, nt = item % kNTiles;
+    float c[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-  for (int k16 = 0; k16 < kRouterWidth / 32; ++k16) {
-    uint32_t b[4];
-    {
-      const int m = lane / 8, n = 8 * warp + lane % 8, k = 32 * k16 + 8 * m;
-      ldmatrix_x4(b, w_boxes + (k / 64) * (kRouterMaxRoutes * 128) + swizzle128_offset(n, k % 64));
+    for (int k32 = 0; k32 < kMlpSlice / 32; ++k32) {
+      uint32_t b[4];  // b0/b1 of k16 steps 2 k32 and 2 k32 + 1
+      {
+        const int m = lane / 8, n = 8 * nt + lane % 8, k = 32 * k32 + 8 * m;
+        ldmatrix_x4(b, w_box + swizzle128_offset(n, k));
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        uint32_t a[4];
+        ldmatrix_x4(a, smem_addr(&s.act_a[16 * mt + lane % 16][kMlpSlice * rank + 32 * k32 + 16 * h + (lane / 16) * 8]));
+        mma_bf16_16816(c, a, b[2 * h], b[2 * h + 1]);
+      }
     }
+    const int col = 8 * nt + 2 * q;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      uint32_t a[4];
-      ldmatrix_x4(a, smem_addr(&in[lane % 16][32 * k16 + 16 * h + (lane / 16) * 8]));
-      mma_bf16_16816(c, a, b[2 * h], b[2 * h + 1]);
+    for (int half = 0; half < 2; ++half) {
+      const int row = 16 * mt + g + 8 * half;
+      float* part = &s.logit_parts[rank][row % kRowsPerCta][col];
+      const int owner = row / kRowsPerCta;
+      push_f32(part, &s.logits_ready, owner, c[2 * half]);
+      push_f32(part + 1, &s.logits_ready, owner, c[2 * half + 1]);
     }
   }
-  const int col = 8 * warp + 2 * q;
-  s.logits[g][col] = c[0];
-  s.logits[g][col + 1] = c[1];
-  s.logits[g + 8][col] = c[2];
-  s.logits[g + 8][col + 1] = c[3];
 }
 
-__global__ void __launch_bounds__(kBlockThreads, 1)
-    zaya_router_split_mlp_kernel(const __grid_constant__ RouterTensorMaps maps, const ZayaRouterParams p) {
+template <int kRows>
+__global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpThreads, 1)
+    zaya_router_split_mlp_kernel(const __grid_constant__ RouterTensorMaps maps,
+                                 const __grid_constant__ CUtensorMap partials_map, const ZayaRouterParams p) {
+  using Shape = SplitMlpShape<kRows>;
+  constexpr int kRowsPerCta = Shape::kRowsPerCta;
+  constexpr int kItems = Shape::kItems;
   extern __shared__ uint8_t smem_raw[];
-  SplitMlpSmem& s = *reinterpret_cast<SplitMlpSmem*>(align_smem_1024(smem_raw));
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kSplitMlpRows;
+  SplitMlpSmem<kRows>& s = *reinterpret_cast<SplitMlpSmem<kRows>*>(align_smem_1024(smem_raw));
+  const int rank = static_cast<int>(cluster_cta_rank());
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x / kMlpClusterSize) * kRows;
   const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
+  const int col_base = kMlpSlice * rank;
 
   allow_dependent_launch();
-  if (thread == 0) {  // weights first: they do not depend on the down kernel
-    for (int slot = 0; slot < kFcSlots; ++slot) mbar_init(smem_addr(&s.slot_ready[slot]), 1);
-    mbar_init(smem_addr(&s.out_w_ready), 1);
-    mbar_init_fence();
-    for (int c = 0; c < kFcSlots; ++c) load_fc_chunk(maps, s, c);
-    const uint32_t bar = smem_addr(&s.out_w_ready);
-    mbar_arrive_expect_tx(bar, 4 * kRouterMaxRoutes * 128);
-    for (int b = 0; b < 4; ++b) tma_load_2d(smem_addr(s.out_w[b]), &maps.out_w, 64 * b, 0, bar);
-  }
-  load_router_vectors(p, s.vec, thread, kBlockThreads);
-  wait_for_prerequisite_grids();  // the partial sums (and r_prev) come from the kernels before this one
-  __syncthreads();                // vectors stored, barriers initialised
-
-  // ---- r = sum of the 8 partials + bias [+ EDA]; 16 threads per token row, 16 columns each
-  constexpr int kRowThreads = kBlockThreads / kSplitMlpRows;
-  constexpr int kCols = kRouterWidth / kRowThreads;
-  static_assert(kCols == 16, "two 16-byte pieces of bf16 per thread");
-  const int row = thread / kRowThreads, col0 = kCols * (thread % kRowThreads);
-  const int64_t token = row0 + row;
-  const bool valid = token < p.num_tokens;
-  float r[kCols];
-#pragma unroll
-  for (int e = 0; e < kCols; ++e) r[e] = 0.f;
-  if (valid) {  // all 32 loads in flight before the first add
-    float4 part[kRouterSplitK][kCols / 4];
-#pragma unroll
-    for (int sl = 0; sl < kRouterSplitK; ++sl)
-#pragma unroll
-      for (int v = 0; v < kCols / 4; ++v) {
-        part[sl][v] = *reinterpret_cast<const float4*>(
-            p.partials + (static_cast<int64_t>(sl) * p.num_tokens + token) * kRouterWidth + col0 + 4 * v);
-      }
-    uint4 prev[2] = {make_uint4(0u, 0u, 0u, 0u), make_uint4(0u, 0u, 0u, 0u)};
-    if (p.r_prev != nullptr) {
-      prev[0] = *reinterpret_cast<const uint4*>(p.r_prev + token * p.r_prev_row_stride + col0);
-      prev[1] = *reinterpret_cast<const uint4*>(p.r_prev + token * p.r_prev_row_stride + col0 + 8);
-    }
-#pragma unroll
-    for (int sl = 0; sl < kRouterSplitK; ++sl)
-#pragma unroll
-      for (int v = 0; v < kCols / 4; ++v) {
-        r[4 * v] += part[sl][v].x;
-        r[4 * v + 1] += part[sl][v].y;
-        r[4 * v + 2] += part[sl][v].z;
-        r[4 * v + 3] += part[sl][v].w;
-      }
-    const uint32_t words[8] = {prev[0].x, prev[0].y, prev[0].z, prev[0].w, prev[1].x, prev[1].y, prev[1].z, prev[1].w};
-#pragma unroll
-    for (int e = 0; e < kCols; ++e) {
-      r[e] += s.vec.down_b[col0 + e];
-      if (p.r_prev != nullptr) {
-        r[e] = eda_update(r[e], s.vec.eda_scale[col0 + e], e % 2 ? bf16_hi(words[e / 2]) : bf16_lo(words[e / 2]));
-      }
-    }
-  }
-  float sum_sq = 0.f;
-#pragma unroll
-  for (int e = 0; e < kCols; ++e) sum_sq += r[e] * r[e];
-  const float inv_rms = rms_inverse(row_sum<kRowThreads>(sum_sq), kRouterWidth, p.eps);
-  uint32_t n[kCols / 2], r_bits[kCols / 2];
-#pragma unroll
-  for (int w = 0; w < kCols / 2; ++w) {
-    r_bits[w] = pack_bf16x2_rn(r[2 * w], r[2 * w + 1]);
-    n[w] = pack_bf16x2_rn(rms_normalize(r[2 * w], inv_rms, s.vec.norm_w[col0 + 2 * w]),
-                          rms_normalize(r[2 * w + 1], inv_rms, s.vec.norm_w[col0 + 2 * w + 1]));
-  }
-  *reinterpret_cast<uint4*>(&s.act_a[row][col0]) = make_uint4(n[0], n[1], n[2], n[3]);
-  *reinterpret_cast<uint4*>(&s.act_a[row][col0 + 8]) = make_uint4(n[4], n[5], n[6], n[7]);
-  if (valid) {
-    uint16_t* out = p.r_out + token * p.r_out_row_stride + col0;
-    *reinterpret_cast<uint4*>(out) = make_uint4(r_bits[0], r_bits[1], r_bits[2], r_bits[3]);
-    *reinterpret_cast<uint4*>(out + 8) = make_uint4(r_bits[4], r_bits[5], r_bits[6], r_bits[7]);
-  }
-  __syncthreads();  // n complete
-
-  split_mlp_layer(s, s.act_a, s.act_b, s.vec.fc1_b, 0, warp, lane);
-  __syncthreads();  // h1 complete; every warp is done with fc1's slots
   if (thread == 0) {
-    for (int c = kFcSlots; c < 2 * kFcChunksPerLayer; ++c) load_fc_chunk(maps, s, c);
+    mbar_init(smem_addr(&s.weights_ready), kMlpWeightBoxes);
+    mbar_init(smem_addr(&s.partials_ready), 1);
+    const uint64_t* exchange[4] = {&s.sums_ready, &s.n_ready, &s.h1_ready, &s.logits_ready};
+    const uint32_t bytes[4] = {Shape::kSumsBytes, Shape::kNBytes, Shape::kH1Bytes, Shape::kLogitsBytes};
+    for (int i = 0; i < 4; ++i) mbar_init(smem_addr(exchange[i]), 1);
+    mbar_init_fence();
+    for (int i = 0; i < 4; ++i) mbar_arrive_expect_tx(smem_addr(exchange[i]), bytes[i]);
   }
-  split_mlp_layer(s, s.act_b, s.act_a, s.vec.fc2_b, kFcChunksPerLayer, warp, lane);
-  __syncthreads();  // h2 complete
-  mbar_wait(smem_addr(&s.out_w_ready), 0);
-  split_logits(s, s.act_a, warp, lane);
+  cluster_arrive_relaxed();  // after the barrier init; waited for before the first DSMEM store
   __syncthreads();
+  if (lane == 0) {  // weights first (they do not depend on the down kernel): one box per warp
+    const uint32_t bar = smem_addr(&s.weights_ready);
+    const CUtensorMap* map = warp < kMlpWeightBoxes / 2 ? &maps.fc1_w : &maps.fc2_w;
+    mbar_arrive_expect_tx(bar, kMlpSlice * 128 + (warp == 0 ? kRouterMaxRoutes * 128 : 0));
+    tma_load_2d(smem_addr(s.fc_w[warp]), map, 64 * (warp % 4), col_base, bar);
+    if (warp == 0) tma_load_2d(smem_addr(s.out_w), &maps.out_w, col_base, 0, bar);
+  }
+  load_router_vectors(p, s.vec, thread, kMlpThreads);
 
-  // ---- softmax + biased top-1: a warp per token, a lane per route
-  for (int local_row = warp; local_row < kSplitMlpRows; local_row += kBlockThreads / 32) {
-    const float logits[1] = {s.logits[local_row][lane]};
-    const int route[1] = {lane};
-    const float bias[1] = {s.vec.balancing_bias[lane]};
-    const RouteChoice choice = route_top1<32, 1>(logits, route, bias, p.num_routes);
-    const int64_t t = row0 + local_row;
-    if (lane == 0 && t < p.num_tokens) store_route(p, t, choice);
+  wait_for_prerequisite_grids();  // the partials (and r_prev) come from the kernels before this one
+  if (thread == 0) {
+    const uint32_t bar = smem_addr(&s.partials_ready);
+    mbar_arrive_expect_tx(bar, Shape::kPartialBytes);
+    tma_load_3d(smem_addr(&s.partial[0][0][0]), &partials_map, col_base, static_cast<int32_t>(row0), 0, bar);
+  }
+  uint4 prev[kItems];
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const SliceItem it = slice_item<kRows>(i, thread, col_base);
+    const int64_t token = row0 + it.row;
+    prev[i] = (p.r_prev != nullptr && it.active && token < p.num_tokens)
+                  ? *reinterpret_cast<const uint4*>(p.r_prev + token * p.r_prev_row_stride + it.col)
+                  : make_uint4(0u, 0u, 0u, 0u);
+  }
+  __syncthreads();  // vectors stored
+  mbar_wait(smem_addr(&s.partials_ready), 0);
+
+  // ---- r = sum of the 8 partials + bias [+ EDA], this CTA's columns; row sums of squares to the cluster
+  float r[kItems][8];
+  float sum_sq[kItems];
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const SliceItem it = slice_item<kRows>(i, thread, col_base);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) r[i][e] = 0.f;
+    if (it.active) {
+#pragma unroll
+      for (int sl = 0; sl < kRouterSplitK; ++sl) {
+        const float4 lo = *reinterpret_cast<const float4*>(&s.partial[sl][it.row][it.col - col_base]);
+        const float4 hi = *reinterpret_cast<const float4*>(&s.partial[sl][it.row][it.col - col_base + 4]);
+        r[i][0] += lo.x; r[i][1] += lo.y; r[i][2] += lo.z; r[i][3] += lo.w;
+        r[i][4] += hi.x; r[i][5] += hi.y; r[i][6] += hi.z; r[i][7] += hi.w;
+      }
+      const uint32_t words[4] = {prev[i].x, prev[i].y, prev[i].z, prev[i].w};
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        r[i][e] += s.vec.down_b[it.col + e];
+        if (p.r_prev != nullptr) {
+          r[i][e] = eda_update(r[i][e], s.vec.eda_scale[it.col + e], e % 2 ? bf16_hi(words[e / 2]) : bf16_lo(words[e / 2]));
+        }
+      }
+    }
+    sum_sq[i] = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sum_sq[i] += r[i][e] * r[i][e];
+    sum_sq[i] = row_sum<kMlpPieces>(sum_sq[i]);
+  }
+  cluster_wait();  // every CTA of the cluster has started
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const SliceItem it = slice_item<kRows>(i, thread, col_base);
+    if (it.active && thread % kMlpPieces == 0) {
+#pragma unroll
+      for (int cta = 0; cta < kMlpClusterSize; ++cta) push_f32(&s.sum_squares[rank][it.row], &s.sums_ready, cta, sum_sq[i]);
+    }
+  }
+  mbar_wait_cluster(smem_addr(&s.sums_ready), 0);  // every CTA's row sums
+
+  // ---- n = bf16(r / rms * norm_w): this CTA's columns, into act_a of every CTA
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const SliceItem it = slice_item<kRows>(i, thread, col_base);
+    if (!it.active) continue;
+    float total = 0.f;
+#pragma unroll
+    for (int cta = 0; cta < kMlpClusterSize; ++cta) total += s.sum_squares[cta][it.row];
+    const float inv_rms = rms_inverse(total, kRouterWidth, p.eps);
+    uint32_t n[4];
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      n[w] = pack_bf16x2_rn(rms_normalize(r[i][2 * w], inv_rms, s.vec.norm_w[it.col + 2 * w]),
+                            rms_normalize(r[i][2 * w + 1], inv_rms, s.vec.norm_w[it.col + 2 * w + 1]));
+    }
+#pragma unroll
+    for (int cta = 0; cta < kMlpClusterSize; ++cta) push_u32x4(&s.act_a[it.row][it.col], &s.n_ready, cta, make_uint4(n[0], n[1], n[2], n[3]));
+  }
+  mbar_wait(smem_addr(&s.weights_ready), 0);
+  mbar_wait_cluster(smem_addr(&s.n_ready), 0);  // n complete
+
+  // ---- h1 = GELU(n fc1^T + b1): this CTA's columns, then into act_b of every CTA
+  mlp_layer_columns<kRows, kMlpSlice>(s.act_a, s.act_b, smem_addr(s.fc_w[0]), s.vec.fc1_b, col_base, warp, lane);
+  __syncthreads();  // this CTA's h1 columns are complete
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const SliceItem it = slice_item<kRows>(i, thread, col_base);
+    if (!it.active) continue;
+    const uint4 piece = *reinterpret_cast<const uint4*>(&s.act_b[it.row][it.col]);
+#pragma unroll
+    for (int cta = 0; cta < kMlpClusterSize; ++cta) {
+      if (cta != rank) push_u32x4(&s.act_b[it.row][it.col], &s.h1_ready, cta, piece);
+    }
+  }
+  mbar_wait_cluster(smem_addr(&s.h1_ready), 0);  // h1 complete
+
+  // ---- h2 = GELU(h1 fc2^T + b2), this CTA's columns (over its n columns: only this CTA reads them)
+  mlp_layer_columns<kRows, kMlpSlice>(s.act_b, s.act_a, smem_addr(s.fc_w[kMlpWeightBoxes / 2]), s.vec.fc2_b,
+                                      col_base, warp, lane);
+  __syncthreads();  // this CTA's h2 columns are complete
+  push_slice_logits<kRows>(s, rank, warp, lane);
+  // Every partial logit of this CTA's rows landed. Every write into this CTA's shared memory has now
+  // landed (each exchange was waited for), so it may exit on its own.
+  mbar_wait_cluster(smem_addr(&s.logits_ready), 0);
+
+  // ---- this CTA's kRowsPerCta tokens: the 4 partial logits summed, softmax, biased top-1. Two tokens
+  // per warp, 16 lanes each holding routes l and l + 16: the 12 tokens of a 48-row group take one
+  // round, not two, and each reduction one shuffle step less.
+  for (int base = 2 * warp; base < kRowsPerCta; base += 2 * (kMlpThreads / 32)) {
+    const int local_row = base + lane / 16;
+    const int row = local_row < kRowsPerCta ? local_row : kRowsPerCta - 1;  // a spare half-warp repeats a row
+    float logits[2], bias[2];
+    int route[2];
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      route[c] = lane % 16 + 16 * c;
+      logits[c] = 0.f;
+#pragma unroll
+      for (int cta = 0; cta < kMlpClusterSize; ++cta) logits[c] += s.logit_parts[cta][row][route[c]];
+      bias[c] = s.vec.balancing_bias[route[c]];
+    }
+    const RouteChoice choice = route_top1<16, 2>(logits, route, bias, p.num_routes);
+    const int64_t t = row0 + rank * kRowsPerCta + local_row;
+    if (lane % 16 == 0 && local_row < kRowsPerCta && t < p.num_tokens) store_route(p, t, choice);
+  }
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const SliceItem it = slice_item<kRows>(i, thread, col_base);
+    const int64_t token = row0 + it.row;
+    if (!it.active || token >= p.num_tokens) continue;
+    const uint4 bits = make_uint4(pack_bf16x2_rn(r[i][0], r[i][1]), pack_bf16x2_rn(r[i][2], r[i][3]),
+                                  pack_bf16x2_rn(r[i][4], r[i][5]), pack_bf16x2_rn(r[i][6], r[i][7]));
+    *reinterpret_cast<uint4*>(p.r_out + token * p.r_out_row_stride + it.col) = bits;
   }
 }
 
