@@ -65,20 +65,6 @@ bool encode_maps(RouterTensorMaps* maps, const ZayaRouterParams& p, int x_box_ro
          encode_bf16_map(&maps->out_w, p.out_w, p.num_routes, kRouterWidth, kRouterWidth, kRouterMaxRoutes);
 }
 
-// The split variant's partial sums, [kRouterSplitK, T, R] fp32 contiguous, read in boxes of
-// {64 columns, box_rows tokens, all K slices} without swizzling; rows >= T read as zeros.
-bool encode_partials_map(CUtensorMap* map, const ZayaRouterParams& p, int box_rows) {
-  const EncodeTiledFn encode = encode_tiled();
-  if (encode == nullptr) return false;
-  const cuuint64_t dims[3] = {kRouterWidth, static_cast<cuuint64_t>(p.num_tokens), kRouterSplitK};
-  const cuuint64_t strides[2] = {kRouterWidth * sizeof(float), static_cast<cuuint64_t>(p.num_tokens) * kRouterWidth * sizeof(float)};
-  const cuuint32_t box[3] = {sm90::kMlpSlice, static_cast<cuuint32_t>(box_rows), kRouterSplitK};
-  const cuuint32_t element_strides[3] = {1, 1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, p.partials, dims, strides, box, element_strides,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
 // Dynamic shared memory above 48 KB must be allowed per kernel and device, once (one instantiation,
 // hence one flag table, per kernel).
 template <auto kKernel>
@@ -175,9 +161,7 @@ int64_t split_variant_capacity() {  // tokens one wave of kRows-row mlp clusters
 template <int kRows>
 const char* launch_split_rows(const ZayaRouterParams& p, cudaStream_t stream) {
   RouterTensorMaps maps;
-  CUtensorMap partials_map;
-  if (!encode_maps(&maps, p, sm90::kSplitDownRows, kRouterWidth, sm90::kMlpSlice) ||
-      !encode_partials_map(&partials_map, p, kRows)) {
+  if (!encode_maps(&maps, p, sm90::kSplitDownRows, kRouterWidth, sm90::kMlpSlice)) {
     return "cuTensorMapEncodeTiled failed (router tensor maps)";
   }
   constexpr int kMlpSmem = sm90::split_mlp_smem_bytes<kRows>();
@@ -191,12 +175,12 @@ const char* launch_split_rows(const ZayaRouterParams& p, cudaStream_t stream) {
     return error;
   }
   return launch_dependent(sm90::zaya_router_split_mlp_kernel<kRows>, dim3(groups * sm90::kMlpClusterSize),
-                          dim3(sm90::kMlpThreads), kMlpSmem, stream, maps, partials_map, p);
+                          dim3(sm90::kMlpThreads), kMlpSmem, stream, maps, p);
 }
 
 // Tokens per mlp cluster: the fewest (least work per CTA) whose clusters all fit on the GPU at once,
-// since a second wave doubles the kernel's time (H200: 30 clusters of 4 fit; 16 rows up to 480 tokens,
-// 32 up to 960, 48 beyond).
+// since a second wave doubles the kernel's time (H200: 60 clusters of 4 fit at two CTAs per SM; 16
+// rows up to 960 tokens, 32 up to 1920).
 const char* launch_split_variant(const ZayaRouterParams& p, cudaStream_t stream) {
   if (p.partials == nullptr) return "the split variant needs its workspace (zaya_router_workspace_bytes)";
   if (p.num_tokens <= split_variant_capacity<16>()) return launch_split_rows<16>(p, stream);

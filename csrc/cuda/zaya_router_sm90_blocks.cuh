@@ -57,41 +57,51 @@ ZK_DEVICE void down_slice_mma(float (&acc)[kRows / 16][4][4], const uint64_t* bo
 // in [kRows, 256] bf16 -> output columns [col_base, col_base + kCols) of GELU(in W^T + b), rounded to
 // bf16, written to the same columns of `out`. W's rows for those columns arrive as 4 K boxes of
 // [kCols x 64] (128-byte swizzle) at w_boxes. in/out: [kRows][kActPitch] bf16; bias: [256] fp32.
-// A warp owns one (m16, n8) output tile at a time. Its 16 k16 steps go round-robin into kChains
-// accumulators summed at the end: one accumulator made them a chain of 16 dependent MMAs (~16 x 33
-// cycles on the H200, the whole layer's latency at these sizes); 4 chains overlap 4 at a time.
-template <int kRows, int kCols>
+// A warp owns one item at a time: an m16 tile by kNPerItem n8 tiles, whose A fragments it loads once
+// (shared-memory reads per layer: items x (8 KB of A + kNPerItem x 4 KB of W); at 32 rows x 64
+// columns, 1 n8 tile per item read 192 KB, 2 read 128 KB, and two CTAs share an SM there). The 16 k16
+// steps of each n8 tile go round-robin into 4 / kNPerItem accumulators summed at the end: one
+// accumulator made them a chain of 16 dependent MMAs.
+template <int kRows, int kCols, int kNPerItem>
 ZK_DEVICE void mlp_layer_columns(const uint16_t (*in)[kActPitch], uint16_t (*out)[kActPitch], uint32_t w_boxes,
                                  const float* bias, int col_base, int warp, int lane) {
   constexpr int kMTiles = kRows / 16;
-  constexpr int kNTiles = kCols / 8;
-  constexpr int kChains = 4;
+  constexpr int kItemsPerMTile = kCols / (8 * kNPerItem);
+  constexpr int kChains = 4 / kNPerItem;
+  static_assert(kCols % (8 * kNPerItem) == 0 && kChains >= 1, "whole items of n8 tiles");
   const int g = lane / 4, q = lane % 4;
-  for (int item = warp; item < kMTiles * kNTiles; item += kBlockThreads / 32) {
-    const int mt = item / kNTiles, j = item % kNTiles;  // m16 tile, n8 tile of the kCols columns
-    float c[kChains][4] = {};
+  for (int item = warp; item < kMTiles * kItemsPerMTile; item += kBlockThreads / 32) {
+    const int mt = item / kItemsPerMTile, j0 = (item % kItemsPerMTile) * kNPerItem;  // m16 tile, first n8 tile
+    float c[kNPerItem][kChains][4] = {};
 #pragma unroll
     for (int s = 0; s < kRouterWidth / 32; ++s) {
-      uint32_t b[4];  // b0/b1 of k16 steps 2s and 2s+1
-      {
-        const int m = lane / 8, n = 8 * j + lane % 8, k = 32 * s + 8 * m;
-        ldmatrix_x4(b, w_boxes + (k / 64) * (kCols * 128) + swizzle128_offset(n, k % 64));
+      uint32_t b[kNPerItem][4];  // per n8 tile: b0/b1 of k16 steps 2s and 2s+1
+#pragma unroll
+      for (int n = 0; n < kNPerItem; ++n) {
+        const int m = lane / 8, row = 8 * (j0 + n) + lane % 8, k = 32 * s + 8 * m;
+        ldmatrix_x4(b[n], w_boxes + (k / 64) * (kCols * 128) + swizzle128_offset(row, k % 64));
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         uint32_t a[4];
         ldmatrix_x4(a, smem_addr(&in[16 * mt + lane % 16][32 * s + 16 * h + (lane / 16) * 8]));
-        mma_bf16_16816(c[(2 * s + h) % kChains], a, b[2 * h], b[2 * h + 1]);
+#pragma unroll
+        for (int n = 0; n < kNPerItem; ++n) mma_bf16_16816(c[n][(2 * s + h) % kChains], a, b[n][2 * h], b[n][2 * h + 1]);
       }
     }
-    float sum[4];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) sum[e] = (c[0][e] + c[1][e]) + (c[2][e] + c[3][e]);
-    const int col = col_base + 8 * j + 2 * q;
-    *reinterpret_cast<uint32_t*>(&out[16 * mt + g][col]) =
-        pack_bf16x2_rn(gelu_erf(sum[0] + bias[col]), gelu_erf(sum[1] + bias[col + 1]));
-    *reinterpret_cast<uint32_t*>(&out[16 * mt + g + 8][col]) =
-        pack_bf16x2_rn(gelu_erf(sum[2] + bias[col]), gelu_erf(sum[3] + bias[col + 1]));
+    for (int n = 0; n < kNPerItem; ++n) {
+      float sum[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int ch = 0; ch < kChains; ++ch)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sum[e] += c[n][ch][e];
+      const int col = col_base + 8 * (j0 + n) + 2 * q;
+      *reinterpret_cast<uint32_t*>(&out[16 * mt + g][col]) =
+          pack_bf16x2_rn(gelu_erf(sum[0] + bias[col]), gelu_erf(sum[1] + bias[col + 1]));
+      *reinterpret_cast<uint32_t*>(&out[16 * mt + g + 8][col]) =
+          pack_bf16x2_rn(gelu_erf(sum[2] + bias[col]), gelu_erf(sum[3] + bias[col + 1]));
+    }
   }
 }
 

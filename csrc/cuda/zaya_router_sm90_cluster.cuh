@@ -334,11 +334,11 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
   cluster_gather_slices<kRows>(act_a, rank, thread);
 
   const uint32_t fc1_boxes = smem_addr(s.fc1_w[0]), fc2_boxes = smem_addr(s.fc2_w[0]);
-  mlp_layer_columns<kRows, kClusterSlice>(act_a, s.staging.exchange.act_b, fc1_boxes, s.vec.fc1_b,
+  mlp_layer_columns<kRows, kClusterSlice, 1>(act_a, s.staging.exchange.act_b, fc1_boxes, s.vec.fc1_b,
                                           kClusterSlice * rank, warp, lane);
   cluster_sync();  // 4: every h1 slice written; every CTA is done pulling n (act_a may take h2)
   cluster_gather_slices<kRows>(s.staging.exchange.act_b, rank, thread);
-  mlp_layer_columns<kRows, kClusterSlice>(s.staging.exchange.act_b, act_a, fc2_boxes, s.vec.fc2_b,
+  mlp_layer_columns<kRows, kClusterSlice, 1>(s.staging.exchange.act_b, act_a, fc2_boxes, s.vec.fc2_b,
                                           kClusterSlice * rank, warp, lane);
   __syncthreads();  // this CTA's h2 slice is complete
   push_partial_logits<kRows>(s, act_a, rank, thread);

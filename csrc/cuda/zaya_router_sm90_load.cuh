@@ -89,15 +89,6 @@ ZK_DEVICE void tma_load_2d(uint32_t dst, const CUtensorMap* map, int32_t inner, 
       : "memory");
 }
 
-// Box at (c0, c1, c2) element coordinates of a 3-D tensor map (innermost first); as tma_load_2d.
-ZK_DEVICE void tma_load_3d(uint32_t dst, const CUtensorMap* map, int32_t c0, int32_t c1, int32_t c2, uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];" ::"r"(
-          dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
-      : "memory");
-}
-
 // The same box written to the same offset in every CTA of `cta_mask` (bit i = cluster rank i), each
 // destination's barrier (same offset) receiving the bytes.
 ZK_DEVICE void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int32_t inner, int32_t outer,

@@ -11,7 +11,7 @@
 //         whole-box TMA (one 32 KB W box per K box) issued by one lane of each warp: one thread
 //         issuing 8 KB boxes pulled ~26 B/clk, four issuers or 32 KB boxes 42-66 B/clk (H200 probe).
 //   mlp:  clusters of 4 CTAs per kRows tokens; CTA c owns columns [64c, 64c+64) of every 256-wide
-//         row. It reads its columns of the 8 partials (one 3-D TMA box), adds bias and EDA -> r (its
+//         row. It loads its columns of the 8 partials into registers, adds bias and EDA -> r (its
 //         columns of r_out), sends the row sums of squares to the cluster; then n, h1 in column
 //         slices pushed into every CTA of the cluster, fc1/fc2 on its 64 rows of the weights (64 KB,
 //         fetched before griddepcontrol.wait, under the down kernel), partial logits from its h2
@@ -104,13 +104,13 @@ constexpr int kMlpSlice = kRouterWidth / kMlpClusterSize;  // columns a CTA owns
 constexpr int kMlpThreads = kBlockThreads;
 constexpr int kMlpWeightBoxes = 8;                         // fc1's and fc2's 4 K boxes of [64 x 64]
 constexpr int kMlpPieces = kMlpSlice / 8;                  // 16-byte bf16 pieces per row of a slice
+constexpr int kMlpNPerItem = 2;                            // n8 tiles per warp item of the GELU layers
 static_assert(kMlpWeightBoxes == kMlpThreads / 32, "one issuing warp per weight box");
 
 template <int kRows>
 struct SplitMlpShape {
   static_assert(kRows % 16 == 0, "whole m16 tiles");
   static constexpr int kRowsPerCta = kRows / kMlpClusterSize;  // tokens whose top-1 a CTA computes
-  static constexpr int kPartialBytes = kRouterSplitK * kRows * kMlpSlice * 4;
   // Items (token row, 8 columns of the slice) per thread.
   static constexpr int kItems = (kRows * kMlpPieces + kMlpThreads - 1) / kMlpThreads;
   // Bytes each CTA receives per exchange: row sums of squares and n from every CTA (itself too), h1
@@ -123,7 +123,6 @@ struct SplitMlpShape {
 
 template <int kRows>
 struct SplitMlpSmem {
-  float partial[kRouterSplitK][kRows][kMlpSlice];  // this CTA's columns of the 8 partials (TMA, no swizzle)
   uint8_t fc_w[kMlpWeightBoxes][kMlpSlice * 128];  // fc1 then fc2 rows [64c, 64c+64), K boxes of [64 x 64]
   uint8_t out_w[kRouterMaxRoutes * 128];           // W_out[:, 64c:64c+64] as [32 x 64], rows >= E' zero
   uint16_t act_a[kRows][kActPitch];                // n (all columns), then h2 (this CTA's columns)
@@ -132,7 +131,6 @@ struct SplitMlpSmem {
   float sum_squares[kMlpClusterSize][kRows];       // [source CTA][row]
   float logit_parts[kMlpClusterSize][SplitMlpShape<kRows>::kRowsPerCta][kRouterMaxRoutes];  // [source CTA]
   uint64_t weights_ready;                          // one arrival per issuing warp
-  uint64_t partials_ready;
   // The exchanges: st.async from the cluster's CTAs complete these (SplitMlpShape has the bytes).
   uint64_t sums_ready;
   uint64_t n_ready;
@@ -145,6 +143,13 @@ constexpr int split_mlp_smem_bytes() {
   return static_cast<int>(sizeof(SplitMlpSmem<kRows>)) + 1024;  // + alignment slack
 }
 static_assert(split_mlp_smem_bytes<48>() <= 227 * 1024, "the largest group fits one SM's shared memory");
+// Groups of up to 32 tokens fit two CTAs per SM (228 KB, 1 KB of it reserved per CTA), which doubles
+// the clusters one wave holds (H200: 60 instead of 30) and so halves the tokens per cluster at T > 480.
+template <int kRows>
+constexpr int split_mlp_ctas_per_sm() {
+  return kRows <= 32 ? 2 : 1;
+}
+static_assert(2 * (split_mlp_smem_bytes<32>() + 1024) <= 228 * 1024, "two 32-token CTAs fit one SM");
 
 // Item `i` of this thread: token row and the first of its 8 columns (absolute).
 struct SliceItem {
@@ -207,9 +212,8 @@ ZK_DEVICE void push_slice_logits(SplitMlpSmem<kRows>& s, int rank, int warp, int
 }
 
 template <int kRows>
-__global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpThreads, 1)
-    zaya_router_split_mlp_kernel(const __grid_constant__ RouterTensorMaps maps,
-                                 const __grid_constant__ CUtensorMap partials_map, const ZayaRouterParams p) {
+__global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpThreads, split_mlp_ctas_per_sm<kRows>())
+    zaya_router_split_mlp_kernel(const __grid_constant__ RouterTensorMaps maps, const ZayaRouterParams p) {
   using Shape = SplitMlpShape<kRows>;
   constexpr int kRowsPerCta = Shape::kRowsPerCta;
   constexpr int kItems = Shape::kItems;
@@ -223,7 +227,6 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   allow_dependent_launch();
   if (thread == 0) {
     mbar_init(smem_addr(&s.weights_ready), kMlpWeightBoxes);
-    mbar_init(smem_addr(&s.partials_ready), 1);
     const uint64_t* exchange[4] = {&s.sums_ready, &s.n_ready, &s.h1_ready, &s.logits_ready};
     const uint32_t bytes[4] = {Shape::kSumsBytes, Shape::kNBytes, Shape::kH1Bytes, Shape::kLogitsBytes};
     for (int i = 0; i < 4; ++i) mbar_init(smem_addr(exchange[i]), 1);
@@ -242,22 +245,26 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   load_router_vectors(p, s.vec, thread, kMlpThreads);
 
   wait_for_prerequisite_grids();  // the partials (and r_prev) come from the kernels before this one
-  if (thread == 0) {
-    const uint32_t bar = smem_addr(&s.partials_ready);
-    mbar_arrive_expect_tx(bar, Shape::kPartialBytes);
-    tma_load_3d(smem_addr(&s.partial[0][0][0]), &partials_map, col_base, static_cast<int32_t>(row0), 0, bar);
-  }
+  // This thread's 8 columns of the 8 partials and of r_prev: every load in flight before the first add
+  // (zeros past T, as the down kernel stores nothing there).
+  float4 part[kItems][kRouterSplitK][2];
   uint4 prev[kItems];
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
     const SliceItem it = slice_item<kRows>(i, thread, col_base);
     const int64_t token = row0 + it.row;
-    prev[i] = (p.r_prev != nullptr && it.active && token < p.num_tokens)
+    const bool valid = it.active && token < p.num_tokens;
+#pragma unroll
+    for (int sl = 0; sl < kRouterSplitK; ++sl) {
+      const float4* src = reinterpret_cast<const float4*>(p.partials + (sl * p.num_tokens + token) * kRouterWidth + it.col);
+      part[i][sl][0] = valid ? src[0] : make_float4(0.f, 0.f, 0.f, 0.f);
+      part[i][sl][1] = valid ? src[1] : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    prev[i] = (p.r_prev != nullptr && valid)
                   ? *reinterpret_cast<const uint4*>(p.r_prev + token * p.r_prev_row_stride + it.col)
                   : make_uint4(0u, 0u, 0u, 0u);
   }
   __syncthreads();  // vectors stored
-  mbar_wait(smem_addr(&s.partials_ready), 0);
 
   // ---- r = sum of the 8 partials + bias [+ EDA], this CTA's columns; row sums of squares to the cluster
   float r[kItems][8];
@@ -270,8 +277,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
     if (it.active) {
 #pragma unroll
       for (int sl = 0; sl < kRouterSplitK; ++sl) {
-        const float4 lo = *reinterpret_cast<const float4*>(&s.partial[sl][it.row][it.col - col_base]);
-        const float4 hi = *reinterpret_cast<const float4*>(&s.partial[sl][it.row][it.col - col_base + 4]);
+        const float4 lo = part[i][sl][0], hi = part[i][sl][1];
         r[i][0] += lo.x; r[i][1] += lo.y; r[i][2] += lo.z; r[i][3] += lo.w;
         r[i][4] += hi.x; r[i][5] += hi.y; r[i][6] += hi.z; r[i][7] += hi.w;
       }
@@ -322,7 +328,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   mbar_wait_cluster(smem_addr(&s.n_ready), 0);  // n complete
 
   // ---- h1 = GELU(n fc1^T + b1): this CTA's columns, then into act_b of every CTA
-  mlp_layer_columns<kRows, kMlpSlice>(s.act_a, s.act_b, smem_addr(s.fc_w[0]), s.vec.fc1_b, col_base, warp, lane);
+  mlp_layer_columns<kRows, kMlpSlice, kMlpNPerItem>(s.act_a, s.act_b, smem_addr(s.fc_w[0]), s.vec.fc1_b, col_base, warp, lane);
   __syncthreads();  // this CTA's h1 columns are complete
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
@@ -337,7 +343,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   mbar_wait_cluster(smem_addr(&s.h1_ready), 0);  // h1 complete
 
   // ---- h2 = GELU(h1 fc2^T + b2), this CTA's columns (over its n columns: only this CTA reads them)
-  mlp_layer_columns<kRows, kMlpSlice>(s.act_b, s.act_a, smem_addr(s.fc_w[kMlpWeightBoxes / 2]), s.vec.fc2_b,
+  mlp_layer_columns<kRows, kMlpSlice, kMlpNPerItem>(s.act_b, s.act_a, smem_addr(s.fc_w[kMlpWeightBoxes / 2]), s.vec.fc2_b,
                                       col_base, warp, lane);
   __syncthreads();  // this CTA's h2 columns are complete
   push_slice_logits<kRows>(s, rank, warp, lane);
