@@ -104,7 +104,7 @@ enum class ZayaRouterVariant : int32_t {
   // every weight tile TMA-multicast to both CTAs of the pair, the MLP fused on the register-resident rows.
   kTile = 1,
   // kRouterClusterMaxTokens < T <= kRouterSplitMaxTokens: two kernels. The down-projection split over K
-  // into kRouterSplitK slices, each CTA (64 tokens, wgmma) writing its fp32 partial sums to `partials`
+  // into kRouterSplitK slices, each CTA (64 tokens x 128 columns, wgmma) writing its fp32 partial sums to `partials`
   // (through L2, whose bandwidth the cluster variant's DSMEM exchange lacks at these sizes); then
   // clusters of 4 CTAs per 16, 32 or 48 tokens, each CTA a quarter of the 256 columns, exchanging row
   // sums, n, h1 and partial logits by st.async pushes into each other's shared memory.
@@ -146,7 +146,7 @@ constexpr int kRouterMaxRoutes = 32;     // E' <= 32: the logits are one 32-colu
 constexpr int kRouterHiddenStep = 512;   // H splits into 8 cluster slices of whole 64-wide TMA boxes
 constexpr int kRouterMaxHidden = 2048;   // ZAYA1's H; the cluster variant's shared memory is sized for it
 constexpr int kRouterClusterSize = 8;    // portable cluster size; 15 clusters of 8 fit the 132-SM H200 at once
-constexpr int kRouterSplitK = 8;         // K slices of the split variant's down-projection (H / 8 each)
+constexpr int kRouterSplitK = 4;         // K slices of the split variant's down-projection (H / 4 each)
 // Crossovers between the variants (bench/results/h200/route.json, rows zaya_cluster / zaya_split /
 // zaya_tile; H200). Cluster -> split above 128 tokens: the two tie up to there (T = 128: 9.5 us
 // each) and the cluster variant needs no workspace (decode batches); above it its DSMEM exchange of

@@ -56,10 +56,9 @@ bool encode_bf16_map(CUtensorMap* map, const void* base, int64_t rows, int64_t c
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-bool encode_maps(RouterTensorMaps* maps, const ZayaRouterParams& p, int x_box_rows, int down_box_rows,
-                 int fc_box_rows) {
+bool encode_maps(RouterTensorMaps* maps, const ZayaRouterParams& p, int x_box_rows, int fc_box_rows) {
   return encode_bf16_map(&maps->x, p.x, p.num_tokens, p.hidden, p.x_row_stride, x_box_rows) &&
-         encode_bf16_map(&maps->down_w, p.down_w, kRouterWidth, p.hidden, p.hidden, down_box_rows) &&
+         encode_bf16_map(&maps->down_w, p.down_w, kRouterWidth, p.hidden, p.hidden, 128) &&
          encode_bf16_map(&maps->fc1_w, p.fc1_w, kRouterWidth, kRouterWidth, kRouterWidth, fc_box_rows) &&
          encode_bf16_map(&maps->fc2_w, p.fc2_w, kRouterWidth, kRouterWidth, kRouterWidth, fc_box_rows) &&
          encode_bf16_map(&maps->out_w, p.out_w, p.num_routes, kRouterWidth, kRouterWidth, kRouterMaxRoutes);
@@ -129,7 +128,7 @@ int tile_cluster_slots() {
 template <int kRows>
 const char* launch_cluster_variant(const ZayaRouterParams& p, cudaStream_t stream) {
   RouterTensorMaps maps;
-  if (!encode_maps(&maps, p, kRows, 128, sm90::kClusterSlice)) return "cuTensorMapEncodeTiled failed (router tensor maps)";
+  if (!encode_maps(&maps, p, kRows, sm90::kClusterSlice)) return "cuTensorMapEncodeTiled failed (router tensor maps)";
   constexpr int kSmem = sm90::cluster_smem_bytes<kRows>();
   const cudaError_t err = allow_smem<sm90::zaya_router_cluster_kernel<kRows>>(kSmem);
   if (err != cudaSuccess) return cudaGetErrorString(err);
@@ -140,7 +139,7 @@ const char* launch_cluster_variant(const ZayaRouterParams& p, cudaStream_t strea
 
 const char* launch_tile_variant(const ZayaRouterParams& p, cudaStream_t stream) {
   RouterTensorMaps maps;
-  if (!encode_maps(&maps, p, sm90::kTileRows, 128, sm90::kFcChunkRows)) {
+  if (!encode_maps(&maps, p, sm90::kTileRows, sm90::kFcChunkRows)) {
     return "cuTensorMapEncodeTiled failed (router tensor maps)";
   }
   const cudaError_t err = allow_smem<sm90::zaya_router_tile_kernel>(sm90::kTileSmemBytes);
@@ -161,7 +160,7 @@ int64_t split_variant_capacity() {  // tokens one wave of kRows-row mlp clusters
 template <int kRows>
 const char* launch_split_rows(const ZayaRouterParams& p, cudaStream_t stream) {
   RouterTensorMaps maps;
-  if (!encode_maps(&maps, p, sm90::kSplitDownRows, kRouterWidth, sm90::kMlpSlice)) {
+  if (!encode_maps(&maps, p, sm90::kSplitDownRows, sm90::kMlpSlice)) {
     return "cuTensorMapEncodeTiled failed (router tensor maps)";
   }
   constexpr int kMlpSmem = sm90::split_mlp_smem_bytes<kRows>();
@@ -170,7 +169,8 @@ const char* launch_split_rows(const ZayaRouterParams& p, cudaStream_t stream) {
   if (err != cudaSuccess) return cudaGetErrorString(err);
   const auto down_tiles = static_cast<unsigned>((p.num_tokens + sm90::kSplitDownRows - 1) / sm90::kSplitDownRows);
   const auto groups = static_cast<unsigned>((p.num_tokens + kRows - 1) / kRows);
-  if (const char* error = launch_dependent(sm90::zaya_router_split_down_kernel, dim3(down_tiles, kRouterSplitK),
+  if (const char* error = launch_dependent(sm90::zaya_router_split_down_kernel,
+                                           dim3(down_tiles, kRouterWidth / sm90::kSplitDownCols, kRouterSplitK),
                                            dim3(sm90::kSplitDownThreads), sm90::kSplitDownSmemBytes, stream, maps, p)) {
     return error;
   }

@@ -18,7 +18,7 @@ namespace sm90 {
 // host per call and passed by value (__grid_constant__). Box rows depend on the variant.
 struct RouterTensorMaps {
   CUtensorMap x;       // [T, H]: box {64, token rows of a CTA}; rows >= T read as zeros
-  CUtensorMap down_w;  // [R, H]: box {64, 128 (cluster, tile) or 256 (split)}
+  CUtensorMap down_w;  // [R, H]: box {64, 128}
   CUtensorMap fc1_w;   // [R, R]: box {64, output rows a CTA loads per box}
   CUtensorMap fc2_w;   // [R, R]: same box as fc1_w
   CUtensorMap out_w;   // [E', R]: box {64, 32}; rows >= E' read as zeros, so the logits tile is 32 wide

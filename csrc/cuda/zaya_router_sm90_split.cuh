@@ -5,11 +5,14 @@
 // The cluster variant exchanges 7 KB of fp32 partials per token through DSMEM (~14 B/clk per SM for
 // an all-to-all even as bulk pushes, H200 probe), and a CTA per 16 tokens that reads all 256 KB of
 // fc weights spends its time on those reads. Here:
-//   down: grid (T/64, 8): CTA (m, s) computes the [64 x 256] fp32 partial product of x[64m.., K slice
-//         s] and W_down[:, K slice s] with one warpgroup (wgmma m64n256k16; at T = 1K the 8 K slices
-//         give 128 CTAs) and stores it to partials[s] in L2. Per CTA: 32 KB of x + 128 KB of W_down,
-//         whole-box TMA (one 32 KB W box per K box) issued by one lane of each warp: one thread
-//         issuing 8 KB boxes pulled ~26 B/clk, four issuers or 32 KB boxes 42-66 B/clk (H200 probe).
+//   down: grid (T/64, 2, 4): CTA (m, n, s) computes the [64 x 128] fp32 partial product of x[64m..,
+//         K slice s] and W_down[128n.., K slice s] with one warpgroup (wgmma m64n128k16; 128 CTAs at
+//         T = 1K) and stores it to partials[s] in L2. Per CTA: 64 KB of x + 128 KB of W_down in
+//         boxes of 8 and 16 KB, issued by one lane of each warp (one thread issuing 8 KB boxes
+//         pulled ~26 B/clk, four issuers or 32 KB boxes 42-66 B/clk: H200 probe). 4 K slices of 128
+//         columns rather than 8 of 256: the same loads per CTA within 20%, half the partials to
+//         write and read back (4 KB per token; at T = 1K the 8 MB of the 8-slice layout took ~1.8 us
+//         to store, and the mlp kernel's griddepcontrol.wait returned ~1.5 us after the last store).
 //   mlp:  clusters of 4 CTAs per kRows tokens; CTA c owns columns [64c, 64c+64) of every 256-wide
 //         row. It loads its columns of the 8 partials into registers, adds bias and EDA -> r (its
 //         columns of r_out), sends the row sums of squares to the cluster; then n, h1 in column
@@ -19,7 +22,7 @@
 //         Every exchange is a push of st.async stores that complete a barrier in the receiving CTA,
 //         which knows how many bytes to wait for: no cluster barrier, whose release half is a
 //         GPU-scope memory fence (MEMBAR.ALL.GPU in the SASS) on every use.
-// Per CTA the mlp kernel reads 64 KB of weights and kRows x 2 KB of partials, and exchanges kRows x
+// Per CTA the mlp kernel reads 64 KB of weights and kRows x 1 KB of partials, and exchanges kRows x
 // 384 B of bf16 through DSMEM: a quarter of the split-by-16-rows layout's weight traffic.
 #pragma once
 
@@ -31,41 +34,49 @@ namespace sm90 {
 // ---- down -----------------------------------------------------------------------------------------
 
 constexpr int kSplitDownRows = 64;       // tokens per down CTA: the wgmma M of one warpgroup
+constexpr int kSplitDownCols = 128;      // output columns per down CTA: the wgmma N
 constexpr int kSplitDownThreads = 128;   // one warpgroup
 constexpr int kSplitMaxKBoxes = kRouterMaxHidden / kRouterSplitK / 64;
-static_assert(kSplitMaxKBoxes <= kSplitDownThreads / 32, "one issuing warp per K box");
+constexpr int kSplitIssuers = kSplitDownThreads / 32;  // one lane per warp issues every 4th K box
 
 struct SplitDownSmem {
-  uint8_t down_w[kSplitMaxKBoxes][kRouterWidth * 128];  // [256 x 64] bf16 boxes, 128-byte swizzle
-  uint8_t x[kSplitMaxKBoxes][kSplitDownRows * 128];     // [64 x 64] bf16 boxes
+  uint8_t down_w[kSplitMaxKBoxes][kSplitDownCols * 128];  // [128 x 64] bf16 boxes, 128-byte swizzle
+  uint8_t x[kSplitMaxKBoxes][kSplitDownRows * 128];       // [64 x 64] bf16 boxes
   uint64_t box_ready[kSplitMaxKBoxes];
 };
 constexpr int kSplitDownSmemBytes = static_cast<int>(sizeof(SplitDownSmem)) + 1024;  // + alignment slack
+static_assert(kSplitDownSmemBytes <= 227 * 1024, "fits one SM's shared memory");
 
 __global__ void __launch_bounds__(kSplitDownThreads, 1)
     zaya_router_split_down_kernel(const __grid_constant__ RouterTensorMaps maps, const ZayaRouterParams p) {
   extern __shared__ uint8_t smem_raw[];
   SplitDownSmem& s = *reinterpret_cast<SplitDownSmem*>(align_smem_1024(smem_raw));
-  const int slice = static_cast<int>(blockIdx.y);
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kSplitDownRows;
+  const int col0 = static_cast<int>(blockIdx.y) * kSplitDownCols;
+  const int slice = static_cast<int>(blockIdx.z);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int k_boxes = p.hidden / (kRouterSplitK * 64);
   const int k_first = slice * k_boxes * 64;
-  const bool issuer = lane == 0 && warp < k_boxes;  // K box `warp`
-  const uint32_t bar = smem_addr(&s.box_ready[warp]);
 
   allow_dependent_launch();
-  if (issuer) {  // W_down first: it does not depend on the kernel before this one
-    mbar_init(bar, 1);
-    mbar_init_fence();
-    mbar_arrive_expect_tx(bar, kRouterWidth * 128 + kSplitDownRows * 128);
-    tma_load_2d(smem_addr(s.down_w[warp]), &maps.down_w, k_first + 64 * warp, 0, bar);
+  if (lane == 0) {  // W_down first: it does not depend on the kernel before this one
+    for (int b = warp; b < k_boxes; b += kSplitIssuers) {
+      const uint32_t bar = smem_addr(&s.box_ready[b]);
+      mbar_init(bar, 1);
+      mbar_init_fence();
+      mbar_arrive_expect_tx(bar, kSplitDownCols * 128 + kSplitDownRows * 128);
+      tma_load_2d(smem_addr(s.down_w[b]), &maps.down_w, k_first + 64 * b, col0, bar);
+    }
   }
   wait_for_prerequisite_grids();
-  if (issuer) tma_load_2d(smem_addr(s.x[warp]), &maps.x, k_first + 64 * warp, static_cast<int32_t>(row0), bar);
+  if (lane == 0) {
+    for (int b = warp; b < k_boxes; b += kSplitIssuers) {
+      tma_load_2d(smem_addr(s.x[b]), &maps.x, k_first + 64 * b, static_cast<int32_t>(row0), smem_addr(&s.box_ready[b]));
+    }
+  }
   __syncthreads();  // the barriers are initialised before any thread waits on them
 
-  float acc[128];  // wgmma D layout: rows 16 warp + lane/4 (+8), columns 8i + 2q (+1)
+  float acc[kSplitDownCols / 2];  // wgmma D layout: rows 16 warp + lane/4 (+8), columns 8i + 2q (+1)
   zero_accumulators(acc);
   for (int b = 0; b < k_boxes; ++b) {
     mbar_wait(smem_addr(&s.box_ready[b]), 0);
@@ -74,7 +85,7 @@ __global__ void __launch_bounds__(kSplitDownThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      wgmma_m64n256k16_ss(acc, wgmma_desc_sw128(x + kk * 32), wgmma_desc_sw128(w + kk * 32), b > 0 || kk > 0);
+      wgmma_m64n128k16_ss(acc, wgmma_desc_sw128(x + kk * 32), wgmma_desc_sw128(w + kk * 32), b > 0 || kk > 0);
     }
     wgmma_commit();
   }
@@ -82,11 +93,11 @@ __global__ void __launch_bounds__(kSplitDownThreads, 1)
   fence_registers(acc);
 
   // Each store instruction writes 8 rows x 32 contiguous bytes: whole 32-byte sectors.
-  float* partial = p.partials + static_cast<int64_t>(slice) * p.num_tokens * kRouterWidth;
+  float* partial = p.partials + static_cast<int64_t>(slice) * p.num_tokens * kRouterWidth + col0;
   const int64_t row_a = row0 + 16 * warp + lane / 4, row_b = row_a + 8;
   const int q = lane % 4;
 #pragma unroll
-  for (int i = 0; i < kRouterWidth / 8; ++i) {
+  for (int i = 0; i < kSplitDownCols / 8; ++i) {
     const int col = 8 * i + 2 * q;
     if (row_a < p.num_tokens) {
       *reinterpret_cast<float2*>(partial + row_a * kRouterWidth + col) = make_float2(acc[4 * i], acc[4 * i + 1]);
