@@ -148,10 +148,11 @@ constexpr int kRouterMaxHidden = 2048;   // ZAYA1's H; the cluster variant's sha
 constexpr int kRouterClusterSize = 8;    // portable cluster size; 15 clusters of 8 fit the 132-SM H200 at once
 constexpr int kRouterSplitK = 4;         // K slices of the split variant's down-projection (H / 4 each)
 // Crossovers between the variants (bench/results/h200/route.json, rows zaya_cluster / zaya_split /
-// zaya_tile; H200). Cluster -> split above 128 tokens: the two tie up to there (T = 128: 9.5 us
-// each) and the cluster variant needs no workspace (decode batches); above it its DSMEM exchange of
-// fp32 partials (7 KB per token) grows with T (T = 256: cluster 13.3 us, split 10.0 us).
-// Split -> tile above 1024 tokens (T = 4096: split 2x slower than tile).
+// zaya_tile; H200). Cluster -> split above 128 tokens: up to there the split variant is ~0.9 us
+// faster (T = 128: 8.7 vs 9.5 us) but needs a workspace from the caching allocator, and the decode
+// step allocates nothing; above it the cluster variant's DSMEM exchange of fp32 partials (7 KB per
+// token) grows with T (T = 256: cluster 13.2 us, split 9.3 us). Split -> tile above 1024 tokens
+// (T = 4096: split 49.5 us, tile 46.4 us).
 constexpr int64_t kRouterClusterMaxTokens = 128;
 constexpr int64_t kRouterSplitMaxTokens = 1024;
 

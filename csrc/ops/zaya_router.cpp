@@ -44,7 +44,7 @@ void check_rows(const char* name, const at::Tensor& t, const at::Tensor& x, at::
               " must start on a 16-byte boundary, got address ", t.data_ptr());
 }
 
-// Variant by token count; ZAYA_ROUTER_VARIANT=cluster|tile forces one (benchmarks measure the crossover).
+// Variant by token count; ZAYA_ROUTER_VARIANT=cluster|split|tile forces one (benchmarks measure the crossover).
 ZayaRouterVariant choose_variant(int64_t num_tokens) {
   if (const char* forced = std::getenv("ZAYA_ROUTER_VARIANT")) {
     if (std::strcmp(forced, "cluster") == 0) return ZayaRouterVariant::kCluster;
