@@ -14,7 +14,7 @@
 //         write and read back (4 KB per token; at T = 1K the 8 MB of the 8-slice layout took ~1.8 us
 //         to store, and the mlp kernel's griddepcontrol.wait returned ~1.5 us after the last store).
 //   mlp:  clusters of 4 CTAs per kRows tokens; CTA c owns columns [64c, 64c+64) of every 256-wide
-//         row. It loads its columns of the 8 partials into registers, adds bias and EDA -> r (its
+//         row. It loads its columns of the 4 partials into registers, adds bias and EDA -> r (its
 //         columns of r_out), sends the row sums of squares to the cluster; then n, h1 in column
 //         slices pushed into every CTA of the cluster, fc1/fc2 on its 64 rows of the weights (64 KB,
 //         fetched before griddepcontrol.wait, under the down kernel), partial logits from its h2
@@ -256,7 +256,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   load_router_vectors(p, s.vec, thread, kMlpThreads);
 
   wait_for_prerequisite_grids();  // the partials (and r_prev) come from the kernels before this one
-  // This thread's 8 columns of the 8 partials and of r_prev: every load in flight before the first add
+  // This thread's 8 columns of the kRouterSplitK partials and of r_prev: every load in flight before the first add
   // (zeros past T, as the down kernel stores nothing there).
   float4 part[kItems][kRouterSplitK][2];
   uint4 prev[kItems];
@@ -277,7 +277,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   }
   __syncthreads();  // vectors stored
 
-  // ---- r = sum of the 8 partials + bias [+ EDA], this CTA's columns; row sums of squares to the cluster
+  // ---- r = sum of the partials + bias [+ EDA], this CTA's columns; row sums of squares to the cluster
   float r[kItems][8];
   float sum_sq[kItems];
 #pragma unroll
