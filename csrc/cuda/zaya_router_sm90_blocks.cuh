@@ -86,7 +86,9 @@ ZK_DEVICE void mlp_layer_columns(const uint16_t (*in)[kActPitch], uint16_t (*out
         uint32_t a[4];
         ldmatrix_x4(a, smem_addr(&in[16 * mt + lane % 16][32 * s + 16 * h + (lane / 16) * 8]));
 #pragma unroll
-        for (int n = 0; n < kNPerItem; ++n) mma_bf16_16816(c[n][(2 * s + h) % kChains], a, b[n][2 * h], b[n][2 * h + 1]);
+        for (int n = 0; n < kNPerItem; ++n) {
+          mma_bf16_16816(c[n][(2 * s + h) % kChains], a, b[n][2 * h], b[n][2 * h + 1]);
+        }
       }
     }
 #pragma unroll

@@ -166,8 +166,8 @@ ZK_DEVICE float4 dsmem_load_f32x4(uint32_t remote) {
 // `remote_bar` there, a barrier at the same CTA: the receiver waits on its own barrier for the bytes;
 // no cluster barrier (whose release fences all of global memory) is needed.
 ZK_DEVICE void dsmem_store_async_u32x4(uint32_t remote, uint4 v, uint32_t remote_bar) {
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(remote),
-               "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(remote_bar)
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];"
+               ::"r"(remote), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(remote_bar)
                : "memory");
 }
 

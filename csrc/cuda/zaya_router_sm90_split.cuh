@@ -206,7 +206,8 @@ ZK_DEVICE void push_slice_logits(SplitMlpSmem<kRows>& s, int rank, int warp, int
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         uint32_t a[4];
-        ldmatrix_x4(a, smem_addr(&s.act_a[16 * mt + lane % 16][kMlpSlice * rank + 32 * k32 + 16 * h + (lane / 16) * 8]));
+        const int k = kMlpSlice * rank + 32 * k32 + 16 * h + (lane / 16) * 8;
+        ldmatrix_x4(a, smem_addr(&s.act_a[16 * mt + lane % 16][k]));
         mma_bf16_16816(c, a, b[2 * h], b[2 * h + 1]);
       }
     }
@@ -267,7 +268,8 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
     const bool valid = it.active && token < p.num_tokens;
 #pragma unroll
     for (int sl = 0; sl < kRouterSplitK; ++sl) {
-      const float4* src = reinterpret_cast<const float4*>(p.partials + (sl * p.num_tokens + token) * kRouterWidth + it.col);
+      const float4* src =
+          reinterpret_cast<const float4*>(p.partials + (sl * p.num_tokens + token) * kRouterWidth + it.col);
       part[i][sl][0] = valid ? src[0] : make_float4(0.f, 0.f, 0.f, 0.f);
       part[i][sl][1] = valid ? src[1] : make_float4(0.f, 0.f, 0.f, 0.f);
     }
@@ -297,7 +299,8 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
       for (int e = 0; e < 8; ++e) {
         r[i][e] += s.vec.down_b[it.col + e];
         if (p.r_prev != nullptr) {
-          r[i][e] = eda_update(r[i][e], s.vec.eda_scale[it.col + e], e % 2 ? bf16_hi(words[e / 2]) : bf16_lo(words[e / 2]));
+          const float prev_e = e % 2 ? bf16_hi(words[e / 2]) : bf16_lo(words[e / 2]);
+          r[i][e] = eda_update(r[i][e], s.vec.eda_scale[it.col + e], prev_e);
         }
       }
     }
@@ -312,7 +315,9 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
     const SliceItem it = slice_item<kRows>(i, thread, col_base);
     if (it.active && thread % kMlpPieces == 0) {
 #pragma unroll
-      for (int cta = 0; cta < kMlpClusterSize; ++cta) push_f32(&s.sum_squares[rank][it.row], &s.sums_ready, cta, sum_sq[i]);
+      for (int cta = 0; cta < kMlpClusterSize; ++cta) {
+        push_f32(&s.sum_squares[rank][it.row], &s.sums_ready, cta, sum_sq[i]);
+      }
     }
   }
   mbar_wait_cluster(smem_addr(&s.sums_ready), 0);  // every CTA's row sums
@@ -333,13 +338,16 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
                             rms_normalize(r[i][2 * w + 1], inv_rms, s.vec.norm_w[it.col + 2 * w + 1]));
     }
 #pragma unroll
-    for (int cta = 0; cta < kMlpClusterSize; ++cta) push_u32x4(&s.act_a[it.row][it.col], &s.n_ready, cta, make_uint4(n[0], n[1], n[2], n[3]));
+    for (int cta = 0; cta < kMlpClusterSize; ++cta) {
+      push_u32x4(&s.act_a[it.row][it.col], &s.n_ready, cta, make_uint4(n[0], n[1], n[2], n[3]));
+    }
   }
   mbar_wait(smem_addr(&s.weights_ready), 0);
   mbar_wait_cluster(smem_addr(&s.n_ready), 0);  // n complete
 
   // ---- h1 = GELU(n fc1^T + b1): this CTA's columns, then into act_b of every CTA
-  mlp_layer_columns<kRows, kMlpSlice, kMlpNPerItem>(s.act_a, s.act_b, smem_addr(s.fc_w[0]), s.vec.fc1_b, col_base, warp, lane);
+  mlp_layer_columns<kRows, kMlpSlice, kMlpNPerItem>(s.act_a, s.act_b, smem_addr(s.fc_w[0]), s.vec.fc1_b, col_base,
+                                                    warp, lane);
   __syncthreads();  // this CTA's h1 columns are complete
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
@@ -354,8 +362,8 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   mbar_wait_cluster(smem_addr(&s.h1_ready), 0);  // h1 complete
 
   // ---- h2 = GELU(h1 fc2^T + b2), this CTA's columns (over its n columns: only this CTA reads them)
-  mlp_layer_columns<kRows, kMlpSlice, kMlpNPerItem>(s.act_b, s.act_a, smem_addr(s.fc_w[kMlpWeightBoxes / 2]), s.vec.fc2_b,
-                                      col_base, warp, lane);
+  mlp_layer_columns<kRows, kMlpSlice, kMlpNPerItem>(s.act_b, s.act_a, smem_addr(s.fc_w[kMlpWeightBoxes / 2]),
+                                                    s.vec.fc2_b, col_base, warp, lane);
   __syncthreads();  // this CTA's h2 columns are complete
   push_slice_logits<kRows>(s, rank, warp, lane);
   // Every partial logit of this CTA's rows landed. Every write into this CTA's shared memory has now
