@@ -15,6 +15,25 @@ constexpr int kBlockThreads = 256;             // 8 warps: each owns 32 of the 2
 constexpr int kActPitch = kRouterWidth + 8;    // bf16 rows of activations: +16 B keeps ldmatrix conflict-free
 static_assert(kBlockThreads / 32 * 32 == kRouterWidth, "8 warps x 32 columns cover the down-projection");
 
+// n = bf16(r / rms * norm_w) for 8 consecutive columns of one token row, as the A-operand words of
+// the next product. The row's sum of squares arrives as kParts partial sums (one per CTA of a
+// cluster) at part_sums[0], part_sums[stride], ...; norm_w: the 8 columns' fp32 weights.
+template <int kParts>
+ZK_DEVICE uint4 rms_normalize_piece(const float* part_sums, int stride, const float (&r)[8], const float* norm_w,
+                                    float eps) {
+  float total = 0.f;
+#pragma unroll
+  for (int i = 0; i < kParts; ++i) total += part_sums[i * stride];
+  const float inv_rms = rms_inverse(total, kRouterWidth, eps);
+  uint32_t n[4];
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    n[w] = pack_bf16x2_rn(rms_normalize(r[2 * w], inv_rms, norm_w[2 * w]),
+                          rms_normalize(r[2 * w + 1], inv_rms, norm_w[2 * w + 1]));
+  }
+  return make_uint4(n[0], n[1], n[2], n[3]);
+}
+
 // acc (+)= x[kRows x K-slice] W_down[256 x K-slice]^T for the calling warp's 32 columns [32w, 32w+32):
 // k_boxes boxes of 64 K each, box b landing on box_ready[b] (phase 0): x box [kRows x 64] at
 // x_boxes + b * kRows * 128, W box [256 x 64] at w_boxes + b * 256 * 128, both 128-byte swizzled.

@@ -317,17 +317,8 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
   for (int i = 0; i < Shape::kReduceItems; ++i) {
     const ReduceItem it = reduce_item<kRows>(i, thread, rank);
     if (!it.active) continue;
-    float total = 0.f;
-#pragma unroll
-    for (int peer = 0; peer < kRouterClusterSize; ++peer) total += s.sum_squares[peer][it.row];
-    const float inv_rms = rms_inverse(total, kRouterWidth, p.eps);
-    uint32_t n[4];
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      n[w] = pack_bf16x2_rn(rms_normalize(r[i][2 * w], inv_rms, s.vec.norm_w[it.col0 + 2 * w]),
-                            rms_normalize(r[i][2 * w + 1], inv_rms, s.vec.norm_w[it.col0 + 2 * w + 1]));
-    }
-    *reinterpret_cast<uint4*>(&act_a[it.row][it.col0]) = make_uint4(n[0], n[1], n[2], n[3]);
+    *reinterpret_cast<uint4*>(&act_a[it.row][it.col0]) = rms_normalize_piece<kRouterClusterSize>(
+        &s.sum_squares[0][it.row], kRows, r[i], &s.vec.norm_w[it.col0], p.eps);
   }
   mbar_wait(smem_addr(&s.mlp_ready), 0);
   cluster_sync();  // 3: every CTA's n slice written

@@ -327,20 +327,10 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   for (int i = 0; i < kItems; ++i) {
     const SliceItem it = slice_item<kRows>(i, thread, col_base);
     if (!it.active) continue;
-    float total = 0.f;
+    const uint4 n = rms_normalize_piece<kMlpClusterSize>(&s.sum_squares[0][it.row], kRows, r[i], &s.vec.norm_w[it.col],
+                                                          p.eps);
 #pragma unroll
-    for (int cta = 0; cta < kMlpClusterSize; ++cta) total += s.sum_squares[cta][it.row];
-    const float inv_rms = rms_inverse(total, kRouterWidth, p.eps);
-    uint32_t n[4];
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      n[w] = pack_bf16x2_rn(rms_normalize(r[i][2 * w], inv_rms, s.vec.norm_w[it.col + 2 * w]),
-                            rms_normalize(r[i][2 * w + 1], inv_rms, s.vec.norm_w[it.col + 2 * w + 1]));
-    }
-#pragma unroll
-    for (int cta = 0; cta < kMlpClusterSize; ++cta) {
-      push_u32x4(&s.act_a[it.row][it.col], &s.n_ready, cta, make_uint4(n[0], n[1], n[2], n[3]));
-    }
+    for (int cta = 0; cta < kMlpClusterSize; ++cta) push_u32x4(&s.act_a[it.row][it.col], &s.n_ready, cta, n);
   }
   mbar_wait(smem_addr(&s.weights_ready), 0);
   mbar_wait_cluster(smem_addr(&s.n_ready), 0);  // n complete
