@@ -104,8 +104,8 @@ enum class ZayaRouterVariant : int32_t {
   // every weight tile TMA-multicast to both CTAs of the pair, the MLP fused on the register-resident rows.
   kTile = 1,
   // kRouterClusterMaxTokens < T <= kRouterSplitMaxTokens: two kernels. The down-projection split over K
-  // into kRouterSplitK slices, each CTA (64 tokens x 128 columns, wgmma) writing its fp32 partial sums to `partials`
-  // (through L2, whose bandwidth the cluster variant's DSMEM exchange lacks at these sizes); then
+  // into kRouterSplitK slices, each CTA (64 tokens x 128 columns, wgmma) writing its fp32 partial sums
+  // to `partials` (through L2, whose bandwidth the cluster variant's DSMEM exchange lacks at these sizes); then
   // clusters of 4 CTAs per 16, 32 or 48 tokens, each CTA a quarter of the 256 columns, exchanging row
   // sums, n, h1 and partial logits by st.async pushes into each other's shared memory.
   kSplit = 2,

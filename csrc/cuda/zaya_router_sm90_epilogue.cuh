@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// zaya_router_sm90_epilogue.cuh: what both sm_90a router variants share besides data movement and
+// zaya_router_sm90_epilogue.cuh: what the sm_90a router variants share besides data movement and
 // MMA: the tensor maps they read, the router's vectors staged in shared memory as fp32, and the
 // per-token outputs.
 #pragma once
