@@ -130,10 +130,12 @@ def test_router_matches_reference(tokens, router_variant, cuda_gen):
     check_router(ops.zaya_router(*router_args(x, r_prev, w)), x, r_prev, w)
 
 
-@pytest.mark.parametrize("router_variant", ["cluster", "split", "tile"], indirect=True)
+@pytest.mark.parametrize("router_variant", ["cluster", "split", "tile", "split16", "split16c", "split32", "split48"],
+                         indirect=True)
 @pytest.mark.parametrize("tokens", (1, 7, 100, 241, 700, 1000, 4096))
 def test_router_each_variant(tokens, router_variant, cuda_gen):
-    """Every variant at sizes where the automatic choice would not pick it."""
+    """Every variant, and every token-group shape of the split variant, at sizes where the automatic
+    choice would not pick it."""
     x, r_prev, w = make_router_inputs(tokens, cuda_gen)
     check_router(ops.zaya_router(*router_args(x, r_prev, w)), x, r_prev, w)
 
@@ -507,3 +509,10 @@ def test_topk_gating_torch_compile_fullgraph(gen):
     compiled = torch.compile(gate, fullgraph=True)
     for a, b in zip(compiled(logits), gate(logits)):
         assert torch.equal(a, b)
+
+
+def test_router_variant_env_rejects_unknown(monkeypatch, cuda_gen):
+    monkeypatch.setenv("ZAYA_ROUTER_VARIANT", "split64")
+    x, r_prev, w = make_router_inputs(300, cuda_gen)
+    with pytest.raises(RuntimeError, match="ZAYA_ROUTER_VARIANT must be"):
+        ops.zaya_router(*router_args(x, r_prev, w))

@@ -31,11 +31,11 @@ def main() -> int:
         for variant in ("cluster", "split", "tile"):
             os.environ["ZAYA_ROUTER_VARIANT"] = variant
             ops.zaya_router(*args)
-        # The split variant's 32- and 48-token groups (the sample's T uses 16).
-        os.environ["ZAYA_ROUTER_VARIANT"] = "split"
-        for tokens in (700, 1000):
-            x = torch.randn(tokens, args[0].shape[1], device="cuda").to(args[0].dtype)
-            r_prev = torch.randn(tokens, args[1].shape[1], device="cuda").to(args[1].dtype)
+        # Every token-group shape of the split variant, with a partial last group.
+        for variant in ("split16", "split16c", "split32", "split48"):
+            os.environ["ZAYA_ROUTER_VARIANT"] = variant
+            x = torch.randn(700, args[0].shape[1], device="cuda").to(args[0].dtype)
+            r_prev = torch.randn(700, args[1].shape[1], device="cuda").to(args[1].dtype)
             ops.zaya_router(x, r_prev, *args[2:])
         os.environ.pop("ZAYA_ROUTER_VARIANT")
     if zaya_kernels.has_device_kernel("topk_gating"):

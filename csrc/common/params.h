@@ -111,6 +111,12 @@ enum class ZayaRouterVariant : int32_t {
   kSplit = 2,
 };
 
+// The split variant's token groups: kAuto takes the smallest whose clusters surely fit on the GPU at
+// once (16 tokens at two CTAs per SM, then 16 in the compact form at three, then 32, then 48); the
+// others are forced (ZAYA_ROUTER_VARIANT=split16|split16c|split32|split48), so that tests run every
+// shape whatever the GPU's size picks.
+enum class SplitGroup : int32_t { kAuto = 0, k16 = 1, k16Compact = 2, k32 = 3, k48 = 4 };
+
 struct ZayaRouterParams {
   const uint16_t* x;            // [T, H] bf16 bits, row stride x_row_stride (16-byte aligned rows)
   int64_t x_row_stride;         // elements
@@ -137,6 +143,7 @@ struct ZayaRouterParams {
   int32_t num_routes;           // E' = experts + skip route, 2..kRouterMaxRoutes; the skip route is E' - 1
   float eps;                    // RMSNorm epsilon
   ZayaRouterVariant variant;
+  SplitGroup split_group;       // kSplit only
   float* partials;              // kSplit: [kRouterSplitK, T, R] fp32 workspace
                                 //   (zaya_router_workspace_bytes, launch.h), else nullptr
 };

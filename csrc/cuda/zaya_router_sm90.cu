@@ -151,21 +151,26 @@ const char* launch_tile_variant(const ZayaRouterParams& p, cudaStream_t stream) 
                           dim3(sm90::kTileThreads), sm90::kTileSmemBytes, stream, maps, p);
 }
 
-template <int kRows>
-int64_t split_variant_capacity() {  // tokens one wave of kRows-row mlp clusters holds
-  return kRows * static_cast<int64_t>(cluster_slots<sm90::zaya_router_split_mlp_kernel<kRows>>(
-                     sm90::kMlpClusterSize, sm90::kMlpThreads, sm90::split_mlp_smem_bytes<kRows>(), 1));
+// Tokens one wave of kRows-row mlp clusters surely holds: 7/8 of the occupancy query's clusters. The
+// clusters launch while the down CTAs still hold SMs, and at exactly the query's count (H200: 60
+// clusters of 16-token groups at two CTAs per SM, T = 960) some started only as others ended.
+template <class Shape>
+int64_t split_variant_capacity() {
+  const int clusters = cluster_slots<sm90::zaya_router_split_mlp_kernel<Shape>>(
+      sm90::kMlpClusterSize, Shape::kThreads, sm90::split_mlp_smem_bytes<Shape>(), 1);
+  return Shape::kGroupRows * static_cast<int64_t>(std::max(1, clusters - clusters / 8));
 }
 
-template <int kRows>
+template <class Shape>
 const char* launch_split_rows(const ZayaRouterParams& p, cudaStream_t stream) {
+  constexpr int kRows = Shape::kGroupRows;
   RouterTensorMaps maps;
   if (!encode_maps(&maps, p, sm90::kSplitDownRows, sm90::kMlpSlice)) {
     return "cuTensorMapEncodeTiled failed (router tensor maps)";
   }
-  constexpr int kMlpSmem = sm90::split_mlp_smem_bytes<kRows>();
+  constexpr int kMlpSmem = sm90::split_mlp_smem_bytes<Shape>();
   cudaError_t err = allow_smem<sm90::zaya_router_split_down_kernel>(sm90::kSplitDownSmemBytes);
-  if (err == cudaSuccess) err = allow_smem<sm90::zaya_router_split_mlp_kernel<kRows>>(kMlpSmem);
+  if (err == cudaSuccess) err = allow_smem<sm90::zaya_router_split_mlp_kernel<Shape>>(kMlpSmem);
   if (err != cudaSuccess) return cudaGetErrorString(err);
   const auto down_tiles = static_cast<unsigned>((p.num_tokens + sm90::kSplitDownRows - 1) / sm90::kSplitDownRows);
   const auto groups = static_cast<unsigned>((p.num_tokens + kRows - 1) / kRows);
@@ -174,18 +179,28 @@ const char* launch_split_rows(const ZayaRouterParams& p, cudaStream_t stream) {
                                            dim3(sm90::kSplitDownThreads), sm90::kSplitDownSmemBytes, stream, maps, p)) {
     return error;
   }
-  return launch_dependent(sm90::zaya_router_split_mlp_kernel<kRows>, dim3(groups * sm90::kMlpClusterSize),
-                          dim3(sm90::kMlpThreads), kMlpSmem, stream, maps, p);
+  return launch_dependent(sm90::zaya_router_split_mlp_kernel<Shape>, dim3(groups * sm90::kMlpClusterSize),
+                          dim3(Shape::kThreads), kMlpSmem, stream, maps, p);
 }
 
 // Tokens per mlp cluster: the fewest (least work per CTA) whose clusters all fit on the GPU at once,
-// since a second wave doubles the kernel's time (H200: 60 clusters of 4 fit at two CTAs per SM; 16
-// rows up to 960 tokens, 32 up to 1920).
+// since a second wave doubles the kernel's time.
 const char* launch_split_variant(const ZayaRouterParams& p, cudaStream_t stream) {
   if (p.partials == nullptr) return "the split variant needs its workspace (zaya_router_workspace_bytes)";
-  if (p.num_tokens <= split_variant_capacity<16>()) return launch_split_rows<16>(p, stream);
-  if (p.num_tokens <= split_variant_capacity<32>()) return launch_split_rows<32>(p, stream);
-  return launch_split_rows<48>(p, stream);
+  using namespace sm90;
+  SplitGroup group = p.split_group;
+  if (group == SplitGroup::kAuto) {
+    group = p.num_tokens <= split_variant_capacity<SplitMlp16>()          ? SplitGroup::k16
+            : p.num_tokens <= split_variant_capacity<SplitMlp16Compact>() ? SplitGroup::k16Compact
+            : p.num_tokens <= split_variant_capacity<SplitMlp32>()        ? SplitGroup::k32
+                                                                          : SplitGroup::k48;
+  }
+  switch (group) {
+    case SplitGroup::k16: return launch_split_rows<SplitMlp16>(p, stream);
+    case SplitGroup::k16Compact: return launch_split_rows<SplitMlp16Compact>(p, stream);
+    case SplitGroup::k32: return launch_split_rows<SplitMlp32>(p, stream);
+    default: return launch_split_rows<SplitMlp48>(p, stream);
+  }
 }
 
 }  // namespace

@@ -81,7 +81,7 @@ ZK_DEVICE void down_slice_mma(float (&acc)[kRows / 16][4][4], const uint64_t* bo
 // columns, 1 n8 tile per item read 192 KB, 2 read 128 KB, and two CTAs share an SM there). The 16 k16
 // steps of each n8 tile go round-robin into 4 / kNPerItem accumulators summed at the end: one
 // accumulator made them a chain of 16 dependent MMAs.
-template <int kRows, int kCols, int kNPerItem>
+template <int kRows, int kCols, int kNPerItem, int kWarps>
 ZK_DEVICE void mlp_layer_columns(const uint16_t (*in)[kActPitch], uint16_t (*out)[kActPitch], uint32_t w_boxes,
                                  const float* bias, int col_base, int warp, int lane) {
   constexpr int kMTiles = kRows / 16;
@@ -89,7 +89,7 @@ ZK_DEVICE void mlp_layer_columns(const uint16_t (*in)[kActPitch], uint16_t (*out
   constexpr int kChains = 4 / kNPerItem;
   static_assert(kCols % (8 * kNPerItem) == 0 && kChains >= 1, "whole items of n8 tiles");
   const int g = lane / 4, q = lane % 4;
-  for (int item = warp; item < kMTiles * kItemsPerMTile; item += kBlockThreads / 32) {
+  for (int item = warp; item < kMTiles * kItemsPerMTile; item += kWarps) {
     const int mt = item / kItemsPerMTile, j0 = (item % kItemsPerMTile) * kNPerItem;  // m16 tile, first n8 tile
     float c[kNPerItem][kChains][4] = {};
 #pragma unroll

@@ -97,20 +97,14 @@ static_assert(cluster_smem_bytes<80>() <= 227 * 1024, "the largest group fits on
 // Loaded into registers before the first MMA, stored / used after it.
 template <int kRows>
 struct ClusterPrefetch {
-  uint16_t down_b, eda_scale, norm_w, fc1_b, fc2_b;  // element `thread` of each vector
-  float balancing_bias;                               // element `thread` (threads < E')
-  uint4 out_w;                                        // 8 bf16 of W_out's slice (threads < 4 E')
+  RouterVectorEntries<kClusterThreads> vectors;
+  uint4 out_w;                                      // 8 bf16 of W_out's slice (threads < 4 E')
   uint4 r_prev[ClusterShape<kRows>::kReduceItems];    // 8 bf16 of each exchange-1 item's row
 };
 
 template <int kRows>
 ZK_DEVICE void prefetch_weights(const ZayaRouterParams& p, int rank, int thread, ClusterPrefetch<kRows>& f) {
-  f.down_b = p.down_b[thread];
-  f.eda_scale = p.eda_scale != nullptr ? p.eda_scale[thread] : uint16_t(0);
-  f.norm_w = p.norm_w[thread];
-  f.fc1_b = p.fc1_b[thread];
-  f.fc2_b = p.fc2_b[thread];
-  f.balancing_bias = thread < p.num_routes ? p.balancing_bias[thread] : 0.f;
+  f.vectors = fetch_router_vectors<kClusterThreads>(p, thread);
   const int route = thread / 4, piece = thread % 4;
   f.out_w = route < p.num_routes
                 ? *reinterpret_cast<const uint4*>(p.out_w + route * kRouterWidth + kClusterSlice * rank + 8 * piece)
@@ -119,12 +113,7 @@ ZK_DEVICE void prefetch_weights(const ZayaRouterParams& p, int rank, int thread,
 
 template <int kRows>
 ZK_DEVICE void store_weights(const ClusterPrefetch<kRows>& f, ClusterSmem<kRows>& s, int thread) {
-  s.vec.down_b[thread] = bf16_to_float(f.down_b);
-  s.vec.eda_scale[thread] = bf16_to_float(f.eda_scale);
-  s.vec.norm_w[thread] = bf16_to_float(f.norm_w);
-  s.vec.fc1_b[thread] = bf16_to_float(f.fc1_b);
-  s.vec.fc2_b[thread] = bf16_to_float(f.fc2_b);
-  if (thread < kRouterMaxRoutes) s.vec.balancing_bias[thread] = f.balancing_bias;
+  store_router_vectors(f.vectors, s.vec, thread);
   if (thread < kRouterMaxRoutes * 4) {
     *reinterpret_cast<uint4*>(&s.out_w[thread / 4][4 * (thread % 4)]) = f.out_w;
   }
@@ -325,12 +314,13 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
   cluster_gather_slices<kRows>(act_a, rank, thread);
 
   const uint32_t fc1_boxes = smem_addr(s.fc1_w[0]), fc2_boxes = smem_addr(s.fc2_w[0]);
-  mlp_layer_columns<kRows, kClusterSlice, 1>(act_a, s.staging.exchange.act_b, fc1_boxes, s.vec.fc1_b,
-                                          kClusterSlice * rank, warp, lane);
+  constexpr int kWarps = kBlockThreads / 32;
+  mlp_layer_columns<kRows, kClusterSlice, 1, kWarps>(act_a, s.staging.exchange.act_b, fc1_boxes, s.vec.fc1_b,
+                                                     kClusterSlice * rank, warp, lane);
   cluster_sync();  // 4: every h1 slice written; every CTA is done pulling n (act_a may take h2)
   cluster_gather_slices<kRows>(s.staging.exchange.act_b, rank, thread);
-  mlp_layer_columns<kRows, kClusterSlice, 1>(s.staging.exchange.act_b, act_a, fc2_boxes, s.vec.fc2_b,
-                                          kClusterSlice * rank, warp, lane);
+  mlp_layer_columns<kRows, kClusterSlice, 1, kWarps>(s.staging.exchange.act_b, act_a, fc2_boxes, s.vec.fc2_b,
+                                                     kClusterSlice * rank, warp, lane);
   __syncthreads();  // this CTA's h2 slice is complete
   push_partial_logits<kRows>(s, act_a, rank, thread);
   cluster_sync();  // 5: every partial logit landed; every CTA is done pulling h1 (last remote access)

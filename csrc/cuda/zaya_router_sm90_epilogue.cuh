@@ -47,6 +47,47 @@ ZK_DEVICE void load_router_vectors(const ZayaRouterParams& p, RouterVectors& v, 
   }
 }
 
+// Entries thread, thread + kThreads, ... of the bf16 vectors (and entry `thread` of the balancing
+// bias) in registers: fetched before a kernel's griddepcontrol.wait, so that their round trip (HBM
+// when the weights are cold) overlaps the wait, and stored into RouterVectors after it.
+template <int kThreads>
+struct RouterVectorEntries {
+  static constexpr int kPerThread = kRouterWidth / kThreads;
+  static_assert(kPerThread * kThreads == kRouterWidth && kThreads >= kRouterMaxRoutes, "whole entries per thread");
+  uint16_t down_b[kPerThread], eda_scale[kPerThread], norm_w[kPerThread], fc1_b[kPerThread], fc2_b[kPerThread];
+  float balancing_bias;
+};
+
+template <int kThreads>
+ZK_DEVICE RouterVectorEntries<kThreads> fetch_router_vectors(const ZayaRouterParams& p, int thread) {
+  RouterVectorEntries<kThreads> v;
+#pragma unroll
+  for (int j = 0; j < v.kPerThread; ++j) {
+    const int i = thread + j * kThreads;
+    v.down_b[j] = p.down_b[i];
+    v.eda_scale[j] = p.eda_scale != nullptr ? p.eda_scale[i] : uint16_t(0);
+    v.norm_w[j] = p.norm_w[i];
+    v.fc1_b[j] = p.fc1_b[i];
+    v.fc2_b[j] = p.fc2_b[i];
+  }
+  v.balancing_bias = thread < p.num_routes ? p.balancing_bias[thread] : 0.f;
+  return v;
+}
+
+template <int kThreads>
+ZK_DEVICE void store_router_vectors(const RouterVectorEntries<kThreads>& v, RouterVectors& s, int thread) {
+#pragma unroll
+  for (int j = 0; j < v.kPerThread; ++j) {
+    const int i = thread + j * kThreads;
+    s.down_b[i] = bf16_to_float(v.down_b[j]);
+    s.eda_scale[i] = bf16_to_float(v.eda_scale[j]);
+    s.norm_w[i] = bf16_to_float(v.norm_w[j]);
+    s.fc1_b[i] = bf16_to_float(v.fc1_b[j]);
+    s.fc2_b[i] = bf16_to_float(v.fc2_b[j]);
+  }
+  if (thread < kRouterMaxRoutes) s.balancing_bias[thread] = v.balancing_bias;
+}
+
 // Two consecutive fp32 vector entries from shared memory. Volatile on purpose: the tile kernel's
 // persistent loop would otherwise hoist all 5 x 64 of a thread's vector entries out of the loop and
 // spill them (measured: ~1.4 KB of spills with plain loads).

@@ -100,6 +100,15 @@ ZK_DEVICE void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int32
       : "memory");
 }
 
+// Orders this thread's earlier generic-proxy accesses of shared memory before its later async-proxy
+// ones (a TMA load into a buffer the CTA has just read).
+ZK_DEVICE void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+// Start pulling the 128-byte line holding `global` into L2; nothing waits for it, no alignment needed.
+ZK_DEVICE void prefetch_l2_line(const void* global) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<uint64_t>(global)) : "memory");
+}
+
 // Start pulling `bytes` (a multiple of 16) at a 16-byte aligned global address into L2; nothing waits
 // for it.
 ZK_DEVICE void prefetch_l2_bulk(const void* global, uint32_t bytes) {

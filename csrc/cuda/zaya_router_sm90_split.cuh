@@ -18,7 +18,9 @@
 //         columns of r_out), sends the row sums of squares to the cluster; then n, h1 in column
 //         slices pushed into every CTA of the cluster, fc1/fc2 on its 64 rows of the weights (64 KB,
 //         fetched before griddepcontrol.wait, under the down kernel), partial logits from its h2
-//         slice pushed to the row's owner, softmax and top-1 there.
+//         slice pushed to the row's owner, softmax and top-1 there. Groups of 16, 32 or 48 tokens
+//         (SplitMlpShape): 16 at two CTAs per SM while they fit in one wave, then 16 in a compact
+//         form at three (fc2's weights loaded after fc1 into fc1's space), then 32, then 48.
 //         Every exchange is a push of st.async stores that complete a barrier in the receiving CTA,
 //         which knows how many bytes to wait for: no cluster barrier, whose release half is a
 //         GPU-scope memory fence (MEMBAR.ALL.GPU in the SASS) on every use.
@@ -47,6 +49,22 @@ struct SplitDownSmem {
 constexpr int kSplitDownSmemBytes = static_cast<int>(sizeof(SplitDownSmem)) + 1024;  // + alignment slack
 static_assert(kSplitDownSmemBytes <= 227 * 1024, "fits one SM's shared memory");
 
+// The router vectors into L2 under the down-projection (one line prefetch per 128 bytes; they need no
+// alignment): the mlp CTAs that start as the down CTAs leave their SMs find them there, not in HBM.
+ZK_DEVICE void prefetch_router_vectors(const ZayaRouterParams& p, int lane) {
+  constexpr int kLineElements = 64;
+  constexpr int kVectorLines = kRouterWidth / kLineElements + 1;  // + 1: a vector need not start a line
+  static_assert(5 * kVectorLines + 2 <= 32, "one lane per line");
+  if (lane < 5 * kVectorLines) {
+    const int v = lane / kVectorLines;
+    const uint16_t* vector = v == 0 ? p.down_b : v == 1 ? p.eda_scale : v == 2 ? p.norm_w : v == 3 ? p.fc1_b : p.fc2_b;
+    const int element = kLineElements * (lane % kVectorLines);
+    if (vector != nullptr) prefetch_l2_line(vector + (element < kRouterWidth ? element : kRouterWidth - 1));
+  } else if (lane >= 30) {
+    prefetch_l2_line(p.balancing_bias + (lane == 30 ? 0 : p.num_routes - 1));
+  }
+}
+
 __global__ void __launch_bounds__(kSplitDownThreads, 1)
     zaya_router_split_down_kernel(const __grid_constant__ RouterTensorMaps maps, const ZayaRouterParams p) {
   extern __shared__ uint8_t smem_raw[];
@@ -68,6 +86,7 @@ __global__ void __launch_bounds__(kSplitDownThreads, 1)
       tma_load_2d(smem_addr(s.down_w[b]), &maps.down_w, k_first + 64 * b, col0, bar);
     }
   }
+  if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && warp == 1) prefetch_router_vectors(p, lane);
   wait_for_prerequisite_grids();
   if (lane == 0) {
     for (int b = warp; b < k_boxes; b += kSplitIssuers) {
@@ -112,18 +131,29 @@ __global__ void __launch_bounds__(kSplitDownThreads, 1)
 
 constexpr int kMlpClusterSize = 4;
 constexpr int kMlpSlice = kRouterWidth / kMlpClusterSize;  // columns a CTA owns: 64
-constexpr int kMlpThreads = kBlockThreads;
-constexpr int kMlpWeightBoxes = 8;                         // fc1's and fc2's 4 K boxes of [64 x 64]
+constexpr int kMlpLayerBoxes = 4;                          // K boxes of [64 x 64] per layer (fc1, fc2)
 constexpr int kMlpPieces = kMlpSlice / 8;                  // 16-byte bf16 pieces per row of a slice
 constexpr int kMlpNPerItem = 2;                            // n8 tiles per warp item of the GELU layers
-static_assert(kMlpWeightBoxes == kMlpThreads / 32, "one issuing warp per weight box");
 
-template <int kRows>
+// kCompact (16-token groups only): 128 threads (one item of 8 columns per thread, one GELU-layer item
+// per warp) and one layer's weights resident at a time (fc2's boxes replace fc1's after fc1, from L2),
+// ~61 KB: three CTAs per SM, so that one wave holds T = 1K in 16-token groups (64 clusters; H200:
+// 60 fit at two CTAs per SM, and 32-token groups ran the mlp steps in 8.0 us instead of 5.5). Else
+// 256 threads and both layers resident: no fc2 load after fc1 (exposed for ~0.5 us in the compact
+// form).
+template <int kRows, bool kCompact>
 struct SplitMlpShape {
   static_assert(kRows % 16 == 0, "whole m16 tiles");
+  static_assert(!kCompact || kRows == 16, "compact groups are 16 tokens");
+  static constexpr int kGroupRows = kRows;
+  static constexpr bool kOneLayerResident = kCompact;
+  static constexpr int kThreads = kOneLayerResident ? 128 : 256;
+  static constexpr int kWarps = kThreads / 32;
+  static constexpr int kWeightBoxes = kOneLayerResident ? kMlpLayerBoxes : 2 * kMlpLayerBoxes;
+  static_assert(kWeightBoxes == kWarps, "one issuing warp per resident weight box");
   static constexpr int kRowsPerCta = kRows / kMlpClusterSize;  // tokens whose top-1 a CTA computes
   // Items (token row, 8 columns of the slice) per thread.
-  static constexpr int kItems = (kRows * kMlpPieces + kMlpThreads - 1) / kMlpThreads;
+  static constexpr int kItems = (kRows * kMlpPieces + kThreads - 1) / kThreads;
   // Bytes each CTA receives per exchange: row sums of squares and n from every CTA (itself too), h1
   // from the 3 others, partial logits of its kRowsPerCta rows from every CTA.
   static constexpr uint32_t kSumsBytes = kMlpClusterSize * kRows * 4;
@@ -132,16 +162,19 @@ struct SplitMlpShape {
   static constexpr uint32_t kLogitsBytes = kMlpClusterSize * kRowsPerCta * kRouterMaxRoutes * 4;
 };
 
-template <int kRows>
+template <class Shape>
 struct SplitMlpSmem {
-  uint8_t fc_w[kMlpWeightBoxes][kMlpSlice * 128];  // fc1 then fc2 rows [64c, 64c+64), K boxes of [64 x 64]
+  static constexpr int kRows = Shape::kGroupRows;
+  // fc1's rows [64c, 64c+64) as K boxes of [64 x 64], then fc2's (in place of fc1's when one layer is
+  // resident)
+  uint8_t fc_w[Shape::kWeightBoxes][kMlpSlice * 128];
   uint8_t out_w[kRouterMaxRoutes * 128];           // W_out[:, 64c:64c+64] as [32 x 64], rows >= E' zero
   uint16_t act_a[kRows][kActPitch];                // n (all columns), then h2 (this CTA's columns)
   uint16_t act_b[kRows][kActPitch];                // h1 (all columns)
   RouterVectors vec;
   float sum_squares[kMlpClusterSize][kRows];       // [source CTA][row]
-  float logit_parts[kMlpClusterSize][SplitMlpShape<kRows>::kRowsPerCta][kRouterMaxRoutes];  // [source CTA]
-  uint64_t weights_ready;                          // one arrival per issuing warp
+  float logit_parts[kMlpClusterSize][Shape::kRowsPerCta][kRouterMaxRoutes];  // [source CTA]
+  uint64_t weights_ready;                          // one arrival per issuing warp; phase 1: fc2 (one layer)
   // The exchanges: st.async from the cluster's CTAs complete these (SplitMlpShape has the bytes).
   uint64_t sums_ready;
   uint64_t n_ready;
@@ -149,18 +182,24 @@ struct SplitMlpSmem {
   uint64_t logits_ready;
 };
 
-template <int kRows>
+template <class Shape>
 constexpr int split_mlp_smem_bytes() {
-  return static_cast<int>(sizeof(SplitMlpSmem<kRows>)) + 1024;  // + alignment slack
+  return static_cast<int>(sizeof(SplitMlpSmem<Shape>)) + 1024;  // + alignment slack
 }
-static_assert(split_mlp_smem_bytes<48>() <= 227 * 1024, "the largest group fits one SM's shared memory");
-// Groups of up to 32 tokens fit two CTAs per SM (228 KB, 1 KB of it reserved per CTA), which doubles
-// the clusters one wave holds (H200: 60 instead of 30) and so halves the tokens per cluster at T > 480.
-template <int kRows>
+// The group shapes the launcher picks from (smallest first: the least work per CTA).
+using SplitMlp16 = SplitMlpShape<16, false>;
+using SplitMlp16Compact = SplitMlpShape<16, true>;
+using SplitMlp32 = SplitMlpShape<32, false>;
+using SplitMlp48 = SplitMlpShape<48, false>;
+static_assert(split_mlp_smem_bytes<SplitMlp48>() <= 227 * 1024, "the largest group fits one SM's shared memory");
+// CTAs per SM (228 KB, 1 KB of it reserved per CTA): the more, the more clusters one wave holds (H200:
+// 30 clusters at one, 60 at two), the fewer tokens per cluster at a given T.
+template <class Shape>
 constexpr int split_mlp_ctas_per_sm() {
-  return kRows <= 32 ? 2 : 1;
+  return Shape::kOneLayerResident ? 3 : Shape::kGroupRows <= 32 ? 2 : 1;
 }
-static_assert(2 * (split_mlp_smem_bytes<32>() + 1024) <= 228 * 1024, "two 32-token CTAs fit one SM");
+static_assert(3 * (split_mlp_smem_bytes<SplitMlp16Compact>() + 1024) <= 228 * 1024, "three compact CTAs fit one SM");
+static_assert(2 * (split_mlp_smem_bytes<SplitMlp32>() + 1024) <= 228 * 1024, "two 32-token CTAs fit one SM");
 
 // Item `i` of this thread: token row and the first of its 8 columns (absolute).
 struct SliceItem {
@@ -169,10 +208,10 @@ struct SliceItem {
   bool active;  // the item exists (kRows x 8 of them); uniform per warp
 };
 
-template <int kRows>
+template <class Shape>
 ZK_DEVICE SliceItem slice_item(int i, int thread, int col_base) {
-  const int index = thread + i * kMlpThreads;
-  return SliceItem{index / kMlpPieces, col_base + 8 * (index % kMlpPieces), index < kRows * kMlpPieces};
+  const int index = thread + i * Shape::kThreads;
+  return SliceItem{index / kMlpPieces, col_base + 8 * (index % kMlpPieces), index < Shape::kGroupRows * kMlpPieces};
 }
 
 // Stores a 16-byte piece / a float at `local`'s offset in CTA `cta` of the cluster, completing the
@@ -187,13 +226,14 @@ ZK_DEVICE void push_f32(const void* local, const uint64_t* bar, int cta, float v
 
 // This CTA's h2 columns times W_out's matching columns: a [kRows x 32] partial of the logits, each
 // row stored into logit_parts[rank] of the CTA that owns the row. Items: (m16 tile, n8 tile of 4).
-template <int kRows>
-ZK_DEVICE void push_slice_logits(SplitMlpSmem<kRows>& s, int rank, int warp, int lane) {
-  constexpr int kRowsPerCta = SplitMlpShape<kRows>::kRowsPerCta;
+template <class Shape>
+ZK_DEVICE void push_slice_logits(SplitMlpSmem<Shape>& s, int rank, int warp, int lane) {
+  constexpr int kRows = Shape::kGroupRows;
+  constexpr int kRowsPerCta = Shape::kRowsPerCta;
   constexpr int kNTiles = kRouterMaxRoutes / 8;
   const int g = lane / 4, q = lane % 4;
   const uint32_t w_box = smem_addr(s.out_w);
-  for (int item = warp; item < kRows / 16 * kNTiles; item += kMlpThreads / 32) {
+  for (int item = warp; item < kRows / 16 * kNTiles; item += Shape::kWarps) {
     const int mt = item / kNTiles, nt = item % kNTiles;
     float c[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -223,14 +263,15 @@ ZK_DEVICE void push_slice_logits(SplitMlpSmem<kRows>& s, int rank, int warp, int
   }
 }
 
-template <int kRows>
-__global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpThreads, split_mlp_ctas_per_sm<kRows>())
+template <class Shape>
+__global__ void __cluster_dims__(kMlpClusterSize, 1, 1)
+    __launch_bounds__(Shape::kThreads, split_mlp_ctas_per_sm<Shape>())
     zaya_router_split_mlp_kernel(const __grid_constant__ RouterTensorMaps maps, const ZayaRouterParams p) {
-  using Shape = SplitMlpShape<kRows>;
+  constexpr int kRows = Shape::kGroupRows;
   constexpr int kRowsPerCta = Shape::kRowsPerCta;
   constexpr int kItems = Shape::kItems;
   extern __shared__ uint8_t smem_raw[];
-  SplitMlpSmem<kRows>& s = *reinterpret_cast<SplitMlpSmem<kRows>*>(align_smem_1024(smem_raw));
+  SplitMlpSmem<Shape>& s = *reinterpret_cast<SplitMlpSmem<Shape>*>(align_smem_1024(smem_raw));
   const int rank = static_cast<int>(cluster_cta_rank());
   const int64_t row0 = static_cast<int64_t>(blockIdx.x / kMlpClusterSize) * kRows;
   const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
@@ -238,7 +279,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
 
   allow_dependent_launch();
   if (thread == 0) {
-    mbar_init(smem_addr(&s.weights_ready), kMlpWeightBoxes);
+    mbar_init(smem_addr(&s.weights_ready), Shape::kWeightBoxes);
     const uint64_t* exchange[4] = {&s.sums_ready, &s.n_ready, &s.h1_ready, &s.logits_ready};
     const uint32_t bytes[4] = {Shape::kSumsBytes, Shape::kNBytes, Shape::kH1Bytes, Shape::kLogitsBytes};
     for (int i = 0; i < 4; ++i) mbar_init(smem_addr(exchange[i]), 1);
@@ -249,12 +290,15 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   __syncthreads();
   if (lane == 0) {  // weights first (they do not depend on the down kernel): one box per warp
     const uint32_t bar = smem_addr(&s.weights_ready);
-    const CUtensorMap* map = warp < kMlpWeightBoxes / 2 ? &maps.fc1_w : &maps.fc2_w;
+    const CUtensorMap* map = warp < kMlpLayerBoxes ? &maps.fc1_w : &maps.fc2_w;
     mbar_arrive_expect_tx(bar, kMlpSlice * 128 + (warp == 0 ? kRouterMaxRoutes * 128 : 0));
-    tma_load_2d(smem_addr(s.fc_w[warp]), map, 64 * (warp % 4), col_base, bar);
+    tma_load_2d(smem_addr(s.fc_w[warp]), map, 64 * (warp % kMlpLayerBoxes), col_base, bar);
     if (warp == 0) tma_load_2d(smem_addr(s.out_w), &maps.out_w, col_base, 0, bar);
+    // fc2's rows for this CTA into L2 now, so that its boxes come from there after fc1 (32 KB,
+    // contiguous; the base is 16-byte aligned as its tensor map requires)
+    if (Shape::kOneLayerResident && warp == 1) prefetch_l2_bulk(p.fc2_w + col_base * kRouterWidth, kMlpSlice * 256 * 2);
   }
-  load_router_vectors(p, s.vec, thread, kMlpThreads);
+  const RouterVectorEntries<Shape::kThreads> vectors = fetch_router_vectors<Shape::kThreads>(p, thread);
 
   wait_for_prerequisite_grids();  // the partials (and r_prev) come from the kernels before this one
   // This thread's 8 columns of the kRouterSplitK partials and of r_prev: every load in flight before the first add
@@ -263,7 +307,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   uint4 prev[kItems];
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
-    const SliceItem it = slice_item<kRows>(i, thread, col_base);
+    const SliceItem it = slice_item<Shape>(i, thread, col_base);
     const int64_t token = row0 + it.row;
     const bool valid = it.active && token < p.num_tokens;
 #pragma unroll
@@ -277,6 +321,9 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
                   ? *reinterpret_cast<const uint4*>(p.r_prev + token * p.r_prev_row_stride + it.col)
                   : make_uint4(0u, 0u, 0u, 0u);
   }
+  // The vectors only now: a CTA that starts as the down kernel ends (T >= 768) waited ~1.7 us for
+  // them before reaching griddepcontrol.wait when it stored them first (H200 timeline, T = 768, 1K).
+  store_router_vectors(vectors, s.vec, thread);
   __syncthreads();  // vectors stored
 
   // ---- r = sum of the partials + bias [+ EDA], this CTA's columns; row sums of squares to the cluster
@@ -284,7 +331,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   float sum_sq[kItems];
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
-    const SliceItem it = slice_item<kRows>(i, thread, col_base);
+    const SliceItem it = slice_item<Shape>(i, thread, col_base);
 #pragma unroll
     for (int e = 0; e < 8; ++e) r[i][e] = 0.f;
     if (it.active) {
@@ -312,7 +359,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   cluster_wait();  // every CTA of the cluster has started
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
-    const SliceItem it = slice_item<kRows>(i, thread, col_base);
+    const SliceItem it = slice_item<Shape>(i, thread, col_base);
     if (it.active && thread % kMlpPieces == 0) {
 #pragma unroll
       for (int cta = 0; cta < kMlpClusterSize; ++cta) {
@@ -325,7 +372,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   // ---- n = bf16(r / rms * norm_w): this CTA's columns, into act_a of every CTA
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
-    const SliceItem it = slice_item<kRows>(i, thread, col_base);
+    const SliceItem it = slice_item<Shape>(i, thread, col_base);
     if (!it.active) continue;
     const uint4 n = rms_normalize_piece<kMlpClusterSize>(&s.sum_squares[0][it.row], kRows, r[i], &s.vec.norm_w[it.col],
                                                           p.eps);
@@ -336,12 +383,20 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   mbar_wait_cluster(smem_addr(&s.n_ready), 0);  // n complete
 
   // ---- h1 = GELU(n fc1^T + b1): this CTA's columns, then into act_b of every CTA
-  mlp_layer_columns<kRows, kMlpSlice, kMlpNPerItem>(s.act_a, s.act_b, smem_addr(s.fc_w[0]), s.vec.fc1_b, col_base,
-                                                    warp, lane);
-  __syncthreads();  // this CTA's h1 columns are complete
+  mlp_layer_columns<kRows, kMlpSlice, kMlpNPerItem, Shape::kWarps>(s.act_a, s.act_b, smem_addr(s.fc_w[0]),
+                                                                   s.vec.fc1_b, col_base, warp, lane);
+  __syncthreads();  // this CTA's h1 columns are complete; every warp is done with fc1's boxes
+  if constexpr (Shape::kOneLayerResident) {
+    if (lane == 0) {  // fc2's boxes into fc1's space, one per warp, under the h1 exchange
+      fence_proxy_async_shared();
+      const uint32_t bar = smem_addr(&s.weights_ready);
+      mbar_arrive_expect_tx(bar, kMlpSlice * 128);
+      tma_load_2d(smem_addr(s.fc_w[warp]), &maps.fc2_w, 64 * warp, col_base, bar);
+    }
+  }
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
-    const SliceItem it = slice_item<kRows>(i, thread, col_base);
+    const SliceItem it = slice_item<Shape>(i, thread, col_base);
     if (!it.active) continue;
     const uint4 piece = *reinterpret_cast<const uint4*>(&s.act_b[it.row][it.col]);
 #pragma unroll
@@ -352,10 +407,12 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   mbar_wait_cluster(smem_addr(&s.h1_ready), 0);  // h1 complete
 
   // ---- h2 = GELU(h1 fc2^T + b2), this CTA's columns (over its n columns: only this CTA reads them)
-  mlp_layer_columns<kRows, kMlpSlice, kMlpNPerItem>(s.act_b, s.act_a, smem_addr(s.fc_w[kMlpWeightBoxes / 2]),
-                                                    s.vec.fc2_b, col_base, warp, lane);
+  if constexpr (Shape::kOneLayerResident) mbar_wait(smem_addr(&s.weights_ready), 1);
+  const uint32_t fc2_boxes = smem_addr(s.fc_w[Shape::kOneLayerResident ? 0 : kMlpLayerBoxes]);
+  mlp_layer_columns<kRows, kMlpSlice, kMlpNPerItem, Shape::kWarps>(s.act_b, s.act_a, fc2_boxes, s.vec.fc2_b, col_base,
+                                                                   warp, lane);
   __syncthreads();  // this CTA's h2 columns are complete
-  push_slice_logits<kRows>(s, rank, warp, lane);
+  push_slice_logits<Shape>(s, rank, warp, lane);
   // Every partial logit of this CTA's rows landed. Every write into this CTA's shared memory has now
   // landed (each exchange was waited for), so it may exit on its own.
   mbar_wait_cluster(smem_addr(&s.logits_ready), 0);
@@ -363,7 +420,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   // ---- this CTA's kRowsPerCta tokens: the 4 partial logits summed, softmax, biased top-1. Two tokens
   // per warp, 16 lanes each holding routes l and l + 16: the 12 tokens of a 48-row group take one
   // round, not two, and each reduction one shuffle step less.
-  for (int base = 2 * warp; base < kRowsPerCta; base += 2 * (kMlpThreads / 32)) {
+  for (int base = 2 * warp; base < kRowsPerCta; base += 2 * Shape::kWarps) {
     const int local_row = base + lane / 16;
     const int row = local_row < kRowsPerCta ? local_row : kRowsPerCta - 1;  // a spare half-warp repeats a row
     float logits[2], bias[2];
@@ -382,7 +439,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1) __launch_bounds__(kMlpTh
   }
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
-    const SliceItem it = slice_item<kRows>(i, thread, col_base);
+    const SliceItem it = slice_item<Shape>(i, thread, col_base);
     const int64_t token = row0 + it.row;
     if (!it.active || token >= p.num_tokens) continue;
     const uint4 bits = make_uint4(pack_bf16x2_rn(r[i][0], r[i][1]), pack_bf16x2_rn(r[i][2], r[i][3]),

@@ -44,17 +44,37 @@ void check_rows(const char* name, const at::Tensor& t, const at::Tensor& x, at::
               " must start on a 16-byte boundary, got address ", t.data_ptr());
 }
 
-// Variant by token count; ZAYA_ROUTER_VARIANT=cluster|split|tile forces one (benchmarks measure the crossover).
-ZayaRouterVariant choose_variant(int64_t num_tokens) {
-  if (const char* forced = std::getenv("ZAYA_ROUTER_VARIANT")) {
-    if (std::strcmp(forced, "cluster") == 0) return ZayaRouterVariant::kCluster;
-    if (std::strcmp(forced, "tile") == 0) return ZayaRouterVariant::kTile;
-    if (std::strcmp(forced, "split") == 0) return ZayaRouterVariant::kSplit;
-    ZK_CHECK(forced[0] == '\0', kOp, ": ZAYA_ROUTER_VARIANT must be 'cluster', 'split', 'tile' or unset, got '",
-             forced, "'");
+// Variant by token count; ZAYA_ROUTER_VARIANT=cluster|split|tile forces one (benchmarks measure the
+// crossover), split16|split16c|split32|split48 the split variant with one group shape (tests).
+void choose_variant(int64_t num_tokens, ZayaRouterParams& params) {
+  params.split_group = SplitGroup::kAuto;
+  if (const char* forced = std::getenv("ZAYA_ROUTER_VARIANT"); forced != nullptr && forced[0] != '\0') {
+    constexpr struct {
+      const char* name;
+      ZayaRouterVariant variant;
+      SplitGroup group;
+    } kForced[] = {{"cluster", ZayaRouterVariant::kCluster, SplitGroup::kAuto},
+                   {"tile", ZayaRouterVariant::kTile, SplitGroup::kAuto},
+                   {"split", ZayaRouterVariant::kSplit, SplitGroup::kAuto},
+                   {"split16", ZayaRouterVariant::kSplit, SplitGroup::k16},
+                   {"split16c", ZayaRouterVariant::kSplit, SplitGroup::k16Compact},
+                   {"split32", ZayaRouterVariant::kSplit, SplitGroup::k32},
+                   {"split48", ZayaRouterVariant::kSplit, SplitGroup::k48}};
+    for (const auto& f : kForced) {
+      if (std::strcmp(forced, f.name) == 0) {
+        params.variant = f.variant;
+        params.split_group = f.group;
+        return;
+      }
+    }
+    ZK_CHECK(false, kOp, ": ZAYA_ROUTER_VARIANT must be cluster, tile, split, split16, split16c, split32, split48 ",
+             "or unset, got '", forced, "'");
   }
-  if (num_tokens <= kRouterClusterMaxTokens) return ZayaRouterVariant::kCluster;
-  return num_tokens <= kRouterSplitMaxTokens ? ZayaRouterVariant::kSplit : ZayaRouterVariant::kTile;
+  if (num_tokens <= kRouterClusterMaxTokens) {
+    params.variant = ZayaRouterVariant::kCluster;
+  } else {
+    params.variant = num_tokens <= kRouterSplitMaxTokens ? ZayaRouterVariant::kSplit : ZayaRouterVariant::kTile;
+  }
 }
 
 void zaya_router_out(const at::Tensor& x,                     // [T, H] bf16
@@ -137,8 +157,8 @@ void zaya_router_out(const at::Tensor& x,                     // [T, H] bf16
   params.hidden = static_cast<int32_t>(hidden);
   params.num_routes = static_cast<int32_t>(routes);
   params.eps = static_cast<float>(eps);
-  params.variant = choose_variant(num_tokens);
-  // The backend's scratch (the split variant's fp32 partial sums, 8 KB per token), from the caching
+  choose_variant(num_tokens, params);
+  // The backend's scratch (the split variant's fp32 partial sums, 4 KB per token), from the caching
   // allocator: stream-ordered, so it is reused only after these kernels.
   at::Tensor workspace;
   if (const int64_t bytes = zaya_router_workspace_bytes(params); bytes > 0) {
