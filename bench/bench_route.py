@@ -31,7 +31,7 @@ from zaya_kernels import ops, reference
 from .baselines import EXPERTS, HIDDEN, ROUTER_WIDTH, ROUTES, RouterWeights, eager_route, make_router_weights
 from .harness import ProgressFn, Results, device_name, device_slug, flush_bytes, floor_us, run_cases, time_cpu, time_cuda
 
-TOKENS = (1, 16, 128, 256, 512, 768, 1024, 4096, 65536)
+TOKENS = (1, 16, 128, 256, 512, 768, 960, 1024, 4096, 65536)
 QUICK_TOKENS = (1, 1024, 65536)
 CPU_TOKENS = (1, 16)
 BLOCK_M = 64                   # rows per grouped-GEMM tile: moe_align pads each expert's segment to it
