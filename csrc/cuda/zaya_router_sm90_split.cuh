@@ -324,8 +324,11 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1)
                   : make_uint4(0u, 0u, 0u, 0u);
   }
   // The vectors only now, fetched before the wait: a CTA that starts as the down kernel ends (T >= 768)
-  // reaches griddepcontrol.wait ~0.8 us sooner than when it stored them first (H200 timeline,
-  // T = 768), though the slowest clusters, which set the kernel's time, moved only at T = 1K (0.1 us).
+  // reaches griddepcontrol.wait ~0.8 us sooner than when it stored them first (H200 timeline, T = 768).
+  // Their stores wait for the fetch (from HBM when the weights are cold); left free, the compiler put
+  // them before 9 of the 12 partial loads (SASS). __syncwarp orders memory accesses, so every partial
+  // load is issued above it.
+  __syncwarp();
   store_router_vectors(vectors, s.vec, thread);
   __syncthreads();  // vectors stored
 
