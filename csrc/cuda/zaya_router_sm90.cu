@@ -215,13 +215,12 @@ const char* launch_zaya_router(const ZayaRouterParams& params, StreamHandle stre
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
   if (params.variant == ZayaRouterVariant::kTile) return launch_tile_variant(params, stream);
   if (params.variant == ZayaRouterVariant::kSplit) return launch_split_variant(params, stream);
-  // Tokens per cluster: the fewest rows (least MMA and exchange work per CTA) whose groups all fit on
-  // the GPU at once (a second wave would double the time). On the H200 (15 clusters fit) the automatic
-  // choice stays within 16 rows (T <= kRouterClusterMaxTokens = 128); 32 and 80 rows serve a forced
-  // cluster launch up to 1200 tokens, or GPUs where fewer clusters fit.
+  // Tokens per cluster: 16 while the groups all fit on the GPU at once (a second wave would double the
+  // time); on the H200 (15 clusters fit) the automatic choice stays there (T <= kRouterClusterMaxTokens
+  // = 128). Else 32 (the largest group the exchange buffers allow), in waves: a forced cluster launch,
+  // or GPUs where fewer clusters fit.
   if (params.num_tokens <= cluster_variant_capacity<16>()) return launch_cluster_variant<16>(params, stream);
-  if (params.num_tokens <= cluster_variant_capacity<32>()) return launch_cluster_variant<32>(params, stream);
-  return launch_cluster_variant<80>(params, stream);
+  return launch_cluster_variant<32>(params, stream);
 }
 
 }  // namespace zk

@@ -5,18 +5,22 @@
 // at ~60 GB/s (H200: 180 KB per CTA took ~3 us from launch), so the weight reads must be spread over
 // many SMs. A cluster of 8 CTAs (8 SMs) serves a group of kRows tokens and each CTA reads 1/8 of every
 // weight:
-//   down-projection: CTA c owns the K slice [c*H/8, (c+1)*H/8): a [kRows x 256] fp32 partial sum;
-//   exchange 1: CTA c pulls column slice [32c, 32c+32) of all 8 partials over DSMEM and sums them
-//               -> d, + bias, + EDA -> r, and sends the slice's sums of squares to every CTA;
-//   exchange 2: every CTA has the row sums -> 1/RMS; CTA c normalises its slice (n, bf16);
-//   fc1, fc2: CTA c computes output columns [32c, 32c+32) (+bias, GELU, bf16);
-//   n, h1: each written to the CTA's own columns of a local [kRows x 256] buffer, then every CTA pulls
-//               the 7 other slices in 16-byte loads;
+//   down-projection: CTA c owns the K slice [c*H/8, (c+1)*H/8): a [kRows x 256] fp32 partial sum,
+//               whose warp w holds columns [32w, 32w+32): it pushes them to CTA w;
+//   exchange 1: CTA c sums the 8 partials of its column slice [32c, 32c+32) -> d, + bias, + EDA -> r,
+//               and pushes the slice's sums of squares to every CTA;
+//   exchange 2: every CTA has the row sums -> 1/RMS; CTA c normalises its slice (n, bf16) and pushes
+//               it into every CTA's [kRows x 256] n buffer;
+//   fc1, fc2: CTA c computes output columns [32c, 32c+32) (+bias, GELU, bf16); its h1 slice is pushed
+//               into the 7 other CTAs;
 //   logits: CTA c multiplies its h2 slice by the matching K slice of W_out: a partial [kRows x 32]
-//               product, whose rows it stores into the CTA that owns them (kRows/8 rows each); that CTA
+//               product, whose rows it pushes into the CTA that owns them (kRows/8 rows each); that CTA
 //               sums the 8 parts, then softmax and the biased top-1.
-// Five cluster barriers; each is a release/acquire at cluster scope. After the last one no CTA
-// touches another's shared memory, so every CTA may leave on its own.
+// Every exchange is a push of st.async stores completing a barrier in the receiving CTA, which knows
+// the bytes to wait for: no cluster barrier, whose release half is a GPU-scope fence (MEMBAR.ALL.GPU)
+// on every use (the split variant measured 0.15-0.25 us per barrier replaced). A CTA has received
+// every push into it once its last barrier completes, and nothing reads another CTA's shared memory,
+// so every CTA may leave on its own.
 //
 // Latency is the whole game here (H200 timeline of the previous layout, per phase, T = 16: 2 us
 // before the first MMA waiting for vector loads, 2 us in exchange 1, 2.2 us for the logits), so:
@@ -29,9 +33,10 @@
 // mma.sync m16n8k16 (warp-level) keeps kRows as small as 16. kRows is chosen by the host so that all
 // groups fit on the GPU at once (clusters of 8 CTAs of ~200 KB: 15 on the 132-SM H200).
 //
-// Shared memory (kRows = 80, H = 2048): x slice 40 KB + W_down slice 128 KB (later reused for the
-// partials and the h1 buffer) + fc1/fc2 slices 32 KB + W_out slice 2 KB + vectors 5 KB + partial
-// logits 10 KB = ~218 KB.
+// Shared memory (kRows = 32, H = 2048): x slice 16 KB + W_down slice 128 KB (later reused for the n and
+// h1 buffers) + the 8 partials of the CTA's slice 32 KB + fc1/fc2 slices 32 KB + W_out slice 2 KB +
+// vectors 5 KB + partial logits 4 KB = ~220 KB: groups of 16 or 32 tokens (the partials' receive
+// buffer cannot overlay the boxes, which a CTA may still read when its peers' partials arrive).
 #pragma once
 
 #include "zaya_router_sm90_blocks.cuh"
@@ -42,7 +47,6 @@ namespace sm90 {
 constexpr int kClusterThreads = kBlockThreads;
 constexpr int kClusterMaxKBoxes = kRouterMaxHidden / kRouterClusterSize / 64;  // 64-wide K boxes per CTA
 constexpr int kClusterSlice = kRouterWidth / kRouterClusterSize;               // columns a CTA owns
-constexpr int kPartialPitch = kRouterWidth + 4;  // floats: +16 B per row keeps the float2 stores conflict-free
 constexpr int kSliceQuarters = 4;                // exchange 1: a row's slice as 4 pieces of 8 columns
 static_assert(kClusterSlice == 32, "each CTA computes 4 n8 tiles of fc1/fc2 and owns 32 reduced columns");
 static_assert(kRouterMaxRoutes == 32, "the logits: one lane per route in a warp");
@@ -50,15 +54,19 @@ static_assert(kClusterThreads == kRouterWidth, "the vector prefetch: one element
 
 template <int kRows>
 struct ClusterShape {
-  static_assert(kRows % 16 == 0 && kRows <= 80, "kRows: whole m16 tiles, at most 5 per warp");
+  static_assert(kRows % 16 == 0 && kRows <= 32, "kRows: whole m16 tiles, the partials' buffer within 32 KB");
   static_assert(kRows * 128 % 1024 == 0, "swizzled boxes start on 1024-byte boundaries");
   static constexpr int kMTiles = kRows / 16;
   static constexpr int kRowsPerCta = kRows / kRouterClusterSize;  // tokens whose top-1 this CTA computes
   // Exchange 1 items (token row, quarter of the slice) per thread.
   static constexpr int kReduceItems = (kRows * kSliceQuarters + kClusterThreads - 1) / kClusterThreads;
-  // 16-byte pieces of the 7 peers' slices of all rows one thread pulls in a gather.
-  static constexpr int kGatherPieces = ((kRouterClusterSize - 1) * kRows * (kClusterSlice * 2 / 16) +
-                                        kClusterThreads - 1) / kClusterThreads;
+  // Bytes each CTA receives per exchange: the 8 partials of its slice, the row sums of squares and n
+  // from every CTA (itself too), h1 from the 7 others, partial logits of its kRowsPerCta rows from all.
+  static constexpr uint32_t kPartialsBytes = kRouterClusterSize * kRows * kClusterSlice * 4;
+  static constexpr uint32_t kSumsBytes = kRouterClusterSize * kRows * 4;
+  static constexpr uint32_t kNBytes = kRows * kRouterWidth * 2;
+  static constexpr uint32_t kH1Bytes = (kRouterClusterSize - 1) * kRows * kClusterSlice * 2;
+  static constexpr uint32_t kLogitsBytes = kRouterClusterSize * kRowsPerCta * kRouterMaxRoutes * 4;
   // (row, route) partial logits per thread.
   static constexpr int kLogitItems = kRows * kRouterMaxRoutes / kClusterThreads;
   static_assert(kRows * kRouterMaxRoutes % kClusterThreads == 0, "partial logits: whole items per thread");
@@ -71,11 +79,13 @@ struct ClusterSmem {
       uint8_t x[kClusterMaxKBoxes][kRows * 128];              // [kRows x 64] bf16 boxes, 128-byte swizzle
       uint8_t down_w[kClusterMaxKBoxes][kRouterWidth * 128];  // [256 x 64] bf16 boxes
     } load;
-    struct Exchange {  // after it; act_a overlays `partial` (its last reader is done before act_a's first writer)
-      float partial[kRows][kPartialPitch];    // [kRows, 256] fp32 partial sums of this CTA's K slice
+    struct Exchange {  // after it: peers push n only once they have this CTA's row sums, sent after its
+                       // down-projection, and h1 only once they have its n
+      uint16_t act_a[kRows][kActPitch];       // [kRows, 256] bf16 n, then h2 (this CTA's columns)
       uint16_t act_b[kRows][kActPitch];       // [kRows, 256] bf16 h1
     } exchange;
   } staging;
+  float partials[kRouterClusterSize][kRows][kClusterSlice];  // [source CTA] fp32 partials of this slice
   uint8_t fc1_w[4][kClusterSlice * 128];      // rows [32c, 32c+32) of fc1_w, 4 K boxes of [32 x 64]
   uint8_t fc2_w[4][kClusterSlice * 128];
   uint32_t out_w[kRouterMaxRoutes][kClusterSlice / 2];  // W_out[:, 32c:32c+32] as bf16 pairs, 0 past E'
@@ -84,13 +94,19 @@ struct ClusterSmem {
   float logit_parts[kRouterClusterSize][ClusterShape<kRows>::kRowsPerCta][kRouterMaxRoutes];  // [source CTA]
   uint64_t k_box_ready[kClusterMaxKBoxes];                 // x + W_down box b landed
   uint64_t mlp_ready;                                      // fc1/fc2 slices landed
+  // The exchanges: st.async from the cluster's CTAs complete these (ClusterShape has the bytes).
+  uint64_t partials_ready;
+  uint64_t sums_ready;
+  uint64_t n_ready;
+  uint64_t h1_ready;
+  uint64_t logits_ready;
 };
 
 template <int kRows>
 constexpr int cluster_smem_bytes() {
   return static_cast<int>(sizeof(ClusterSmem<kRows>)) + 1024;  // + alignment slack
 }
-static_assert(cluster_smem_bytes<80>() <= 227 * 1024, "the largest group fits one SM's shared memory");
+static_assert(cluster_smem_bytes<32>() <= 227 * 1024, "the largest group fits one SM's shared memory");
 
 // ---- the per-thread prefetch of everything that is not a TMA box ----------------------------------
 
@@ -135,52 +151,21 @@ ZK_DEVICE ReduceItem reduce_item(int i, int thread, int rank) {
 
 // ---- exchanges ------------------------------------------------------------------------------------
 
-// Row `row` columns [col0, col0 + 8) summed over the 8 CTAs' partials: all 16 loads in flight at once.
+// Row `row` columns [col0, col0 + 8) (of this CTA's slice) summed over the 8 received partials.
 template <int kRows>
-ZK_DEVICE void sum_partials(ClusterSmem<kRows>& s, int row, int col0, float (&r)[8]) {
-  const uint32_t local = smem_addr(&s.staging.exchange.partial[row][col0]);
-  float4 part[kRouterClusterSize][2];
-#pragma unroll
-  for (int peer = 0; peer < kRouterClusterSize; ++peer) {
-    const uint32_t remote = dsmem_map(local, peer);
-    part[peer][0] = dsmem_load_f32x4(remote);
-    part[peer][1] = dsmem_load_f32x4(remote + 16);
-  }
+ZK_DEVICE void sum_partials(const ClusterSmem<kRows>& s, int row, int col0, float (&r)[8]) {
 #pragma unroll
   for (int e = 0; e < 8; ++e) r[e] = 0.f;
 #pragma unroll
-  for (int peer = 0; peer < kRouterClusterSize; ++peer) {
-    r[0] += part[peer][0].x; r[1] += part[peer][0].y; r[2] += part[peer][0].z; r[3] += part[peer][0].w;
-    r[4] += part[peer][1].x; r[5] += part[peer][1].y; r[6] += part[peer][1].z; r[7] += part[peer][1].w;
+  for (int src = 0; src < kRouterClusterSize; ++src) {
+    const float4 lo = *reinterpret_cast<const float4*>(&s.partials[src][row][col0 % kClusterSlice]);
+    const float4 hi = *reinterpret_cast<const float4*>(&s.partials[src][row][col0 % kClusterSlice + 4]);
+    r[0] += lo.x; r[1] += lo.y; r[2] += lo.z; r[3] += lo.w;
+    r[4] += hi.x; r[5] += hi.y; r[6] += hi.z; r[7] += hi.w;
   }
 }
 
-// After a cluster barrier: copy the 7 other CTAs' column slices of every row of `act` (each CTA wrote
-// its own slice locally) into this CTA's `act`; all of a thread's loads are issued before its first
-// store. No CTA writes the slices being read until the next cluster barrier.
-template <int kRows>
-ZK_DEVICE void cluster_gather_slices(uint16_t (*act)[kActPitch], int rank, int thread) {
-  constexpr int kPieces = kClusterSlice * 2 / 16;  // 16-byte pieces per row of a slice
-  constexpr int kTotal = (kRouterClusterSize - 1) * kRows * kPieces;
-  constexpr int kMine = ClusterShape<kRows>::kGatherPieces;
-  float4 v[kMine];
-  uint16_t* local[kMine];
-#pragma unroll
-  for (int j = 0; j < kMine; ++j) {
-    const int i = thread + j * kClusterThreads;
-    const int peer = (rank + 1 + i / (kRows * kPieces)) % kRouterClusterSize;
-    const int row = (i / kPieces) % kRows, piece = i % kPieces;
-    local[j] = &act[row][kClusterSlice * peer + 8 * piece];
-    if (i < kTotal) v[j] = dsmem_load_f32x4(dsmem_map(smem_addr(local[j]), peer));
-  }
-#pragma unroll
-  for (int j = 0; j < kMine; ++j) {
-    if (thread + j * kClusterThreads < kTotal) *reinterpret_cast<float4*>(local[j]) = v[j];
-  }
-  __syncthreads();
-}
-
-// This CTA's share of the logits, h2[:, slice] x W_out[:, slice]^T, stored row by row into the CTA
+// This CTA's share of the logits, h2[:, slice] x W_out[:, slice]^T, pushed row by row into the CTA
 // that owns the row (logit_parts[rank] there). h2: this CTA's columns of `act`.
 template <int kRows>
 ZK_DEVICE void push_partial_logits(ClusterSmem<kRows>& s, const uint16_t (*act)[kActPitch], int rank, int thread) {
@@ -200,8 +185,7 @@ ZK_DEVICE void push_partial_logits(ClusterSmem<kRows>& s, const uint16_t (*act)[
       dot = fmaf(bf16_lo(hk), bf16_lo(w[k]), dot);
       dot = fmaf(bf16_hi(hk), bf16_hi(w[k]), dot);
     }
-    const int owner = row / kRowsPerCta;
-    dsmem_store_f32(dsmem_map(smem_addr(&s.logit_parts[rank][row % kRowsPerCta][route]), owner), dot);
+    push_f32(&s.logit_parts[rank][row % kRowsPerCta][route], &s.logits_ready, row / kRowsPerCta, dot);
   }
 }
 
@@ -224,7 +208,12 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
   if (thread == 0) {  // weights first: they do not depend on the kernel before this one
     for (int b = 0; b < k_boxes; ++b) mbar_init(smem_addr(&s.k_box_ready[b]), 1);
     mbar_init(smem_addr(&s.mlp_ready), 1);
+    const uint64_t* exchange[5] = {&s.partials_ready, &s.sums_ready, &s.n_ready, &s.h1_ready, &s.logits_ready};
+    const uint32_t bytes[5] = {Shape::kPartialsBytes, Shape::kSumsBytes, Shape::kNBytes, Shape::kH1Bytes,
+                               Shape::kLogitsBytes};
+    for (int i = 0; i < 5; ++i) mbar_init(smem_addr(exchange[i]), 1);
     mbar_init_fence();
+    for (int i = 0; i < 5; ++i) mbar_arrive_expect_tx(smem_addr(exchange[i]), bytes[i]);
     for (int b = 0; b < k_boxes; ++b) {
       const uint32_t bar = smem_addr(&s.k_box_ready[b]);
       mbar_arrive_expect_tx(bar, kRows * 128 + kRouterWidth * 128);
@@ -255,6 +244,7 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
                       ? *reinterpret_cast<const uint4*>(p.r_prev + token * p.r_prev_row_stride + it.col0)
                       : make_uint4(0u, 0u, 0u, 0u);
   }
+  cluster_arrive_relaxed();  // after the barrier init; waited for before the first DSMEM store
   __syncthreads();  // the barriers are initialised before any thread waits on them
 
   // ---- down-projection partial: [kRows x 256] over this CTA's K slice; warp w owns columns [32w, 32w+32)
@@ -262,16 +252,19 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
   down_slice_mma<kRows>(acc, s.k_box_ready, smem_addr(s.staging.load.x[0]), smem_addr(s.staging.load.down_w[0]),
                         k_boxes, warp, lane);
   store_weights<kRows>(f, s, thread);
-  __syncthreads();  // every warp is done with the x / W_down boxes that `partial` overlays
+  cluster_wait();  // every CTA of the cluster has started
+  // Warp w's columns [32w, 32w+32) are CTA w's slice: pushed there as partials[rank].
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int row = 16 * mt + g, col = 32 * warp + 8 * j + 2 * q;
-      *reinterpret_cast<float2*>(&s.staging.exchange.partial[row][col]) = make_float2(acc[mt][j][0], acc[mt][j][1]);
-      *reinterpret_cast<float2*>(&s.staging.exchange.partial[row + 8][col]) = make_float2(acc[mt][j][2], acc[mt][j][3]);
+      const int row = 16 * mt + g, col = 8 * j + 2 * q;
+      push_f32x2(&s.partials[rank][row][col], &s.partials_ready, warp, make_float2(acc[mt][j][0], acc[mt][j][1]));
+      push_f32x2(&s.partials[rank][row + 8][col], &s.partials_ready, warp,
+                 make_float2(acc[mt][j][2], acc[mt][j][3]));
     }
-  cluster_sync();  // 1: partials visible to the cluster
+  __syncthreads();  // every thread's vector and W_out stores (store_weights) are visible to the CTA
+  mbar_wait_cluster(smem_addr(&s.partials_ready), 0);  // the 8 partials of this CTA's slice
 
   // ---- exchange 1: 4 items (8 columns each) per token row of this CTA's slice
   float r[Shape::kReduceItems][8];
@@ -292,38 +285,57 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
       }
       sum_sq = row_sum<kSliceQuarters>(sum_sq);
       if (thread % kSliceQuarters == 0) {
-        const uint32_t local = smem_addr(&s.sum_squares[rank][it.row]);
 #pragma unroll
-        for (int peer = 0; peer < kRouterClusterSize; ++peer) dsmem_store_f32(dsmem_map(local, peer), sum_sq);
+        for (int cta = 0; cta < kRouterClusterSize; ++cta) {
+          push_f32(&s.sum_squares[rank][it.row], &s.sums_ready, cta, sum_sq);
+        }
       }
     }
   }
-  cluster_sync();  // 2: row sums everywhere; every CTA is done reading partials (act_a may now be written)
+  mbar_wait_cluster(smem_addr(&s.sums_ready), 0);  // every CTA's row sums
 
-  // ---- exchange 2: n = bf16(r / rms * norm_w), this CTA's slice, then everyone's
-  uint16_t(*act_a)[kActPitch] = reinterpret_cast<uint16_t(*)[kActPitch]>(&s.staging.exchange.partial[0][0]);
+  // ---- exchange 2: n = bf16(r / rms * norm_w), this CTA's slice, into every CTA's act_a
+  uint16_t(*act_a)[kActPitch] = s.staging.exchange.act_a;
+  uint16_t(*act_b)[kActPitch] = s.staging.exchange.act_b;
+  // act_a and act_b overlay the x / W_down boxes. Every warp of every CTA is past its down-projection
+  // here already (CTA w's partials came from warp w of all 8, and every CTA's row sums needed its
+  // partials); the barrier states it locally, for compute-sanitizer's racecheck too.
+  __syncthreads();
 #pragma unroll
   for (int i = 0; i < Shape::kReduceItems; ++i) {
     const ReduceItem it = reduce_item<kRows>(i, thread, rank);
     if (!it.active) continue;
-    *reinterpret_cast<uint4*>(&act_a[it.row][it.col0]) = rms_normalize_piece<kRouterClusterSize>(
-        &s.sum_squares[0][it.row], kRows, r[i], &s.vec.norm_w[it.col0], p.eps);
+    const uint4 n = rms_normalize_piece<kRouterClusterSize>(&s.sum_squares[0][it.row], kRows, r[i],
+                                                            &s.vec.norm_w[it.col0], p.eps);
+#pragma unroll
+    for (int cta = 0; cta < kRouterClusterSize; ++cta) push_u32x4(&act_a[it.row][it.col0], &s.n_ready, cta, n);
   }
   mbar_wait(smem_addr(&s.mlp_ready), 0);
-  cluster_sync();  // 3: every CTA's n slice written
-  cluster_gather_slices<kRows>(act_a, rank, thread);
+  mbar_wait_cluster(smem_addr(&s.n_ready), 0);  // n complete
 
   const uint32_t fc1_boxes = smem_addr(s.fc1_w[0]), fc2_boxes = smem_addr(s.fc2_w[0]);
   constexpr int kWarps = kBlockThreads / 32;
-  mlp_layer_columns<kRows, kClusterSlice, 1, kWarps>(act_a, s.staging.exchange.act_b, fc1_boxes, s.vec.fc1_b,
-                                                     kClusterSlice * rank, warp, lane);
-  cluster_sync();  // 4: every h1 slice written; every CTA is done pulling n (act_a may take h2)
-  cluster_gather_slices<kRows>(s.staging.exchange.act_b, rank, thread);
-  mlp_layer_columns<kRows, kClusterSlice, 1, kWarps>(s.staging.exchange.act_b, act_a, fc2_boxes, s.vec.fc2_b,
-                                                     kClusterSlice * rank, warp, lane);
+  mlp_layer_columns<kRows, kClusterSlice, 1, kWarps>(act_a, act_b, fc1_boxes, s.vec.fc1_b, kClusterSlice * rank,
+                                                     warp, lane);
+  __syncthreads();  // this CTA's h1 columns are complete
+  {  // its 16-byte pieces into the 7 other CTAs' act_b
+    constexpr int kPieces = kClusterSlice / 8;
+    for (int i = thread; i < kRows * kPieces; i += kClusterThreads) {
+      const int row = i / kPieces, col = kClusterSlice * rank + 8 * (i % kPieces);
+      const uint4 piece = *reinterpret_cast<const uint4*>(&act_b[row][col]);
+#pragma unroll
+      for (int cta = 0; cta < kRouterClusterSize; ++cta) {
+        if (cta != rank) push_u32x4(&act_b[row][col], &s.h1_ready, cta, piece);
+      }
+    }
+  }
+  mbar_wait_cluster(smem_addr(&s.h1_ready), 0);  // h1 complete
+  // h2 into act_a's columns of this CTA's slice: only this CTA reads them, and every n was received.
+  mlp_layer_columns<kRows, kClusterSlice, 1, kWarps>(act_b, act_a, fc2_boxes, s.vec.fc2_b, kClusterSlice * rank,
+                                                     warp, lane);
   __syncthreads();  // this CTA's h2 slice is complete
   push_partial_logits<kRows>(s, act_a, rank, thread);
-  cluster_sync();  // 5: every partial logit landed; every CTA is done pulling h1 (last remote access)
+  mbar_wait_cluster(smem_addr(&s.logits_ready), 0);  // every partial logit of this CTA's rows
 
   // ---- this CTA's kRowsPerCta tokens: sum of the 8 partial logits, softmax, biased top-1; warp per token
   for (int local_row = warp; local_row < kRowsPerCta; local_row += kClusterThreads / 32) {

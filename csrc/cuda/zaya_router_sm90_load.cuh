@@ -162,15 +162,6 @@ ZK_DEVICE uint32_t dsmem_map(uint32_t local, uint32_t cta_rank) {
   return remote;
 }
 
-ZK_DEVICE float4 dsmem_load_f32x4(uint32_t remote) {
-  float4 v;
-  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-               : "r"(remote)
-               : "memory");
-  return v;
-}
-
 // Asynchronous stores into another CTA's shared memory (`remote`, from dsmem_map) that complete_tx
 // `remote_bar` there, a barrier at the same CTA: the receiver waits on its own barrier for the bytes;
 // no cluster barrier (whose release fences all of global memory) is needed.
@@ -180,14 +171,30 @@ ZK_DEVICE void dsmem_store_async_u32x4(uint32_t remote, uint4 v, uint32_t remote
                : "memory");
 }
 
+ZK_DEVICE void dsmem_store_async_f32x2(uint32_t remote, float2 v, uint32_t remote_bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];" ::"r"(remote),
+               "f"(v.x), "f"(v.y), "r"(remote_bar)
+               : "memory");
+}
+
 ZK_DEVICE void dsmem_store_async_f32(uint32_t remote, float v, uint32_t remote_bar) {
   asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote),
                "r"(__float_as_uint(v)), "r"(remote_bar)
                : "memory");
 }
 
-ZK_DEVICE void dsmem_store_f32(uint32_t remote, float v) {
-  asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(v) : "memory");
+// Stores a 16-byte piece / a float pair / a float at `local`'s offset in CTA `cta` of the cluster,
+// completing the barrier at `bar`'s offset there (both this CTA's shared addresses, mapped).
+ZK_DEVICE void push_u32x4(const void* local, const uint64_t* bar, int cta, uint4 v) {
+  dsmem_store_async_u32x4(dsmem_map(smem_addr(local), cta), v, dsmem_map(smem_addr(bar), cta));
+}
+
+ZK_DEVICE void push_f32x2(const void* local, const uint64_t* bar, int cta, float2 v) {
+  dsmem_store_async_f32x2(dsmem_map(smem_addr(local), cta), v, dsmem_map(smem_addr(bar), cta));
+}
+
+ZK_DEVICE void push_f32(const void* local, const uint64_t* bar, int cta, float v) {
+  dsmem_store_async_f32(dsmem_map(smem_addr(local), cta), v, dsmem_map(smem_addr(bar), cta));
 }
 
 }  // namespace sm90

@@ -214,16 +214,6 @@ ZK_DEVICE SliceItem slice_item(int i, int thread, int col_base) {
   return SliceItem{index / kMlpPieces, col_base + 8 * (index % kMlpPieces), index < Shape::kGroupRows * kMlpPieces};
 }
 
-// Stores a 16-byte piece / a float at `local`'s offset in CTA `cta` of the cluster, completing the
-// barrier at `bar`'s offset there.
-ZK_DEVICE void push_u32x4(const void* local, const uint64_t* bar, int cta, uint4 v) {
-  dsmem_store_async_u32x4(dsmem_map(smem_addr(local), cta), v, dsmem_map(smem_addr(bar), cta));
-}
-
-ZK_DEVICE void push_f32(const void* local, const uint64_t* bar, int cta, float v) {
-  dsmem_store_async_f32(dsmem_map(smem_addr(local), cta), v, dsmem_map(smem_addr(bar), cta));
-}
-
 // This CTA's h2 columns times W_out's matching columns: a [kRows x 32] partial of the logits, each
 // row stored into logit_parts[rank] of the CTA that owns the row. Items: (m16 tile, n8 tile of 4).
 template <class Shape>
