@@ -94,10 +94,10 @@ constexpr int64_t align_num_chunks(int64_t num_pairs, int32_t num_experts) {
 // stored; n, h1, h2 rounded to bf16 as the MLP's matmul inputs; exact-erf GELU; fp32 softmax over the
 // E' routes; top-1 of (p + balancing_bias), the lower index winning ties; weight = unbiased p.
 enum class ZayaRouterVariant : int32_t {
-  // T <= kRouterClusterMaxTokens: one cluster of kRouterClusterSize CTAs per group of 16, 32 or 80
-  // tokens (the fewest rows whose groups all fit on the GPU at once; 32 and 80 only when forced or
-  // where fewer than 8 clusters fit), the down-projection split over K across the cluster, partial
-  // sums and the 256-wide rows exchanged through distributed shared memory (mma.sync). Spreads
+  // T <= kRouterClusterMaxTokens: one cluster of kRouterClusterSize CTAs per group of 16 or 32
+  // tokens (32 only when forced past one wave of 16-token groups, or where few clusters fit), the
+  // down-projection split over K across the cluster, partial sums and the 256-wide rows pushed
+  // through distributed shared memory (st.async; mma.sync). Spreads
   // W_down's 1 MB over 8 SMs per group, in one launch and without a workspace: the decode path.
   kCluster = 0,
   // T > kRouterSplitMaxTokens: persistent CTA pairs, each CTA 128 tokens x all 256 outputs (wgmma),
@@ -155,11 +155,11 @@ constexpr int kRouterMaxHidden = 2048;   // ZAYA1's H; the cluster variant's sha
 constexpr int kRouterClusterSize = 8;    // portable cluster size; 15 clusters of 8 fit the 132-SM H200 at once
 constexpr int kRouterSplitK = 4;         // K slices of the split variant's down-projection (H / 4 each)
 // Crossovers between the variants (bench/results/h200/route.json, rows zaya_cluster / zaya_split /
-// zaya_tile; H200). Cluster -> split above 128 tokens: up to there the split variant is ~0.9 us
-// faster (T = 128: 8.7 vs 9.5 us) but needs a workspace from the caching allocator, and the decode
-// step allocates nothing; above it the cluster variant's DSMEM exchange of fp32 partials (7 KB per
-// token) grows with T (T = 256: cluster 13.2 us, split 9.3 us). Split -> tile above 1024 tokens
-// (T = 4096: split 49.5 us, tile 46.4 us).
+// zaya_tile; H200). Cluster -> split above 128 tokens: the cluster variant needs no workspace (the
+// decode step allocates nothing) and is the faster one there (T = 128: 8.0 vs 8.7 us); above it its
+// DSMEM reduce-scatter of fp32 partials (7 KB per token) and its 16-token groups in waves of 15
+// clusters grow with T (T = 256: cluster 11.7 us, split 9.4 us). Split -> tile above 1024 tokens
+// (T = 4096: split 49.1 us, tile 46.4 us).
 constexpr int64_t kRouterClusterMaxTokens = 128;
 constexpr int64_t kRouterSplitMaxTokens = 1024;
 
