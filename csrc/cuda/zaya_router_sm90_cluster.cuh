@@ -26,8 +26,8 @@
 // before the first MMA waiting for vector loads, 2 us in exchange 1, 2.2 us for the logits), so:
 //   - the router's vectors, W_out's slice and r_prev are loaded into registers at the start and only
 //     stored / used after the down-projection, their latency hidden behind the TMA wait;
-//   - every DSMEM pull issues all its loads before the first use (one round trip, not 8: with one
-//     load in flight per thread the exchange ran at ~11 GB/s per SM);
+//   - DSMEM traffic is pushes only (st.async): a pull, even with all of a thread's loads in flight,
+//     costs a round trip, and with one load in flight per thread ran at ~11 GB/s per SM;
 //   - programmatic dependent launch: weights and vectors are fetched before griddepcontrol.wait, so
 //     their DRAM latency overlaps the tail of the kernel before this one; x and r_prev after it.
 // mma.sync m16n8k16 (warp-level) keeps kRows as small as 16. kRows is chosen by the host so that all
@@ -115,7 +115,7 @@ template <int kRows>
 struct ClusterPrefetch {
   RouterVectorEntries<kClusterThreads> vectors;
   uint4 out_w;                                      // 8 bf16 of W_out's slice (threads < 4 E')
-  uint4 r_prev[ClusterShape<kRows>::kReduceItems];    // 8 bf16 of each exchange-1 item's row
+  uint4 r_prev[ClusterShape<kRows>::kReduceItems];  // 8 bf16 of each exchange-1 item's row
 };
 
 template <int kRows>
