@@ -34,26 +34,17 @@ struct RouterVectors {
   float balancing_bias[kRouterMaxRoutes];  // zeros past E' (never read there)
 };
 
-ZK_DEVICE void load_router_vectors(const ZayaRouterParams& p, RouterVectors& v, int thread, int threads) {
-  for (int i = thread; i < kRouterWidth; i += threads) {
-    v.down_b[i] = bf16_to_float(p.down_b[i]);
-    v.eda_scale[i] = p.eda_scale != nullptr ? bf16_to_float(p.eda_scale[i]) : 0.f;
-    v.norm_w[i] = bf16_to_float(p.norm_w[i]);
-    v.fc1_b[i] = bf16_to_float(p.fc1_b[i]);
-    v.fc2_b[i] = bf16_to_float(p.fc2_b[i]);
-  }
-  for (int i = thread; i < kRouterMaxRoutes; i += threads) {
-    v.balancing_bias[i] = i < p.num_routes ? p.balancing_bias[i] : 0.f;
-  }
-}
-
-// Entries thread, thread + kThreads, ... of the bf16 vectors (and entry `thread` of the balancing
-// bias) in registers: fetched before a kernel's griddepcontrol.wait, so that their round trip (HBM
-// when the weights are cold) overlaps the wait, and stored into RouterVectors after it.
+// Entries thread, thread + kThreads, ... (below kRouterWidth) of the bf16 vectors and entry `thread`
+// of the balancing bias, in registers: fetched before a kernel's griddepcontrol.wait, so that their
+// round trip (HBM when the weights are cold) overlaps the wait, and stored into RouterVectors after it.
 template <int kThreads>
 struct RouterVectorEntries {
-  static constexpr int kPerThread = kRouterWidth / kThreads;
-  static_assert(kPerThread * kThreads == kRouterWidth && kThreads >= kRouterMaxRoutes, "whole entries per thread");
+  static constexpr int kPerThread = (kRouterWidth + kThreads - 1) / kThreads;
+  static_assert(kThreads >= kRouterMaxRoutes, "one balancing-bias entry per thread covers E'");
+  // Whether entry j of this thread exists: always when kThreads divides the width (no compare).
+  static ZK_HOST_DEVICE constexpr bool exists(int thread, int j) {
+    return kRouterWidth % kThreads == 0 || thread + j * kThreads < kRouterWidth;
+  }
   uint16_t down_b[kPerThread], eda_scale[kPerThread], norm_w[kPerThread], fc1_b[kPerThread], fc2_b[kPerThread];
   float balancing_bias;
 };
@@ -64,6 +55,7 @@ ZK_DEVICE RouterVectorEntries<kThreads> fetch_router_vectors(const ZayaRouterPar
 #pragma unroll
   for (int j = 0; j < v.kPerThread; ++j) {
     const int i = thread + j * kThreads;
+    if (!v.exists(thread, j)) break;
     v.down_b[j] = p.down_b[i];
     v.eda_scale[j] = p.eda_scale != nullptr ? p.eda_scale[i] : uint16_t(0);
     v.norm_w[j] = p.norm_w[i];
@@ -79,6 +71,7 @@ ZK_DEVICE void store_router_vectors(const RouterVectorEntries<kThreads>& v, Rout
 #pragma unroll
   for (int j = 0; j < v.kPerThread; ++j) {
     const int i = thread + j * kThreads;
+    if (!v.exists(thread, j)) break;
     s.down_b[i] = bf16_to_float(v.down_b[j]);
     s.eda_scale[i] = bf16_to_float(v.eda_scale[j]);
     s.norm_w[i] = bf16_to_float(v.norm_w[j]);

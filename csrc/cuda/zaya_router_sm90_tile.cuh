@@ -350,7 +350,7 @@ __global__ void __cluster_dims__(kTileClusterSize, 1, 1) __launch_bounds__(kTile
   }
   // No allow_dependent_launch(): a dependent kernel launched at this kernel's start would only wait,
   // holding SMs that the last tiles of this persistent grid could use.
-  load_router_vectors(p, s.vec, threadIdx.x, kTileThreads);
+  store_router_vectors(fetch_router_vectors<kTileThreads>(p, threadIdx.x), s.vec, threadIdx.x);
   wait_for_prerequisite_grids();  // x and r_prev may come from the kernel before this one
   cluster_sync();  // both CTAs' barriers exist before any multicast or remote arrive targets them
   if (threadIdx.x < 128) {
