@@ -3,7 +3,9 @@
 router of PERF.md, measured in the same run.
 
 Rows (shape T, H=2048, R=256, E'=17; inputs rotated so the weights come from HBM, as in a 40-layer model):
-  route        zaya   zaya_router + moe_align, CUDA-graph replay (the issue's combined figure)
+  route        zaya   zaya_route (router + moe_align as one op; T <= 1024: the align inside the router's
+                      last kernel), CUDA-graph replay (the issue's combined figure)
+  route        zaya_two_ops  zaya_router, then moe_align, as two ops (graph): what the fusion saves
   route        eager  bench.baselines.eager_route (linear/rms_norm/gelu/softmax/argmax/argsort/bincount),
                       CUDA events (bincount syncs with the host, so it cannot be captured)
   zaya_router  zaya   the router alone (graph); zaya_cluster / zaya_split / zaya_tile: a variant forced
@@ -57,9 +59,14 @@ def zaya_router(s: RouteInputs):
     return ops.zaya_router(*_router_args(s))
 
 
-def zaya_route(s: RouteInputs):
+def zaya_two_ops(s: RouteInputs):
     weights, ids, r_out = ops.zaya_router(*_router_args(s))
     return (weights, ids, r_out) + tuple(ops.moe_align(ids, EXPERTS, BLOCK_M))
+
+
+def route_op(workspace: torch.Tensor):
+    """zaya_route on one workspace (a model keeps one per stream)."""
+    return lambda s: ops.zaya_route(*_router_args(s)[:-1], workspace, BLOCK_M)
 
 
 def _make_sets(device: torch.device, tokens: int, seed: int) -> list[RouteInputs]:
@@ -73,10 +80,11 @@ def _make_sets(device: torch.device, tokens: int, seed: int) -> list[RouteInputs
                         make_router_weights(device, gen)) for _ in range(count)]
 
 
-def _route_matches_reference(s: RouteInputs) -> bool:
+def _route_matches_reference(s: RouteInputs, workspace: torch.Tensor) -> bool:
     """ids equal to the reference's on every token whose top-2 biased scores are >= TIE_MARGIN apart,
-    weights within 1e-3 there, moe_align equal to the reference's on the kernel's ids."""
-    weights, ids, _, *align = zaya_route(s)
+    weights within 1e-3 there, moe_align equal to the reference's on the kernel's ids, the workspace
+    zero again."""
+    weights, ids, _, *align = route_op(workspace)(s)
     ref_w, ref_ids, _ = reference.zaya_router(*_router_args(s))
     d = s.x.float() @ s.w.down_w.float().T + s.w.down_b.float() + s.w.eda_scale.float() * s.r_prev.float()
     n = reference.rms_norm(d, s.w.norm_w, 1e-5).bfloat16().float()
@@ -87,7 +95,7 @@ def _route_matches_reference(s: RouteInputs) -> bool:
     ids_ok = bool(((ids == ref_ids) | ~clear).all())
     weights_ok = bool((((weights - ref_w).abs() <= 1e-3) | ~clear).all())
     align_ok = all(torch.equal(a, b) for a, b in zip(align, reference.moe_align(ids, EXPERTS, BLOCK_M)))
-    return ids_ok and weights_ok and align_ok
+    return ids_ok and weights_ok and align_ok and not bool(workspace.any())
 
 
 def _time(device: torch.device, fn, sets, *, graph: bool, iters: int, warmup: int) -> dict:
@@ -133,11 +141,14 @@ def _route_case(results: Results, tokens: int, quick: bool) -> None:
     _add(results, "route", "eager", shape, eager, flops=router_flops, bytes=io_bytes, floor_us=floor, timing="events")
     if device.type != "cuda" or not zaya_kernels.has_device_kernel("zaya_router"):
         return
-    correct = _route_matches_reference(sets[0])
-    route = _time(device, zaya_route, sets, graph=True, iters=iters, warmup=warmup)
+    workspace = ops.route_workspace(device)
+    correct = _route_matches_reference(sets[0], workspace)
+    route = _time(device, route_op(workspace), sets, graph=True, iters=iters, warmup=warmup)
     _add(results, "route", "zaya", shape, route, flops=router_flops, bytes=io_bytes, floor_us=floor, correct=correct,
          timing="graph", speedup_vs_eager=eager["median_us"] / route["median_us"],
          of_floor=route["median_us"] / floor if floor else None)
+    two_ops = _time(device, zaya_two_ops, sets, graph=True, iters=iters, warmup=warmup)
+    _add(results, "route", "zaya_two_ops", shape, two_ops, flops=router_flops, bytes=io_bytes, timing="graph")
     router = _time(device, zaya_router, sets, graph=True, iters=iters, warmup=warmup)
     _add(results, "zaya_router", "zaya", shape, router, flops=router_flops, bytes=io_bytes, timing="graph")
     if tokens in VARIANT_TOKENS:
@@ -163,14 +174,15 @@ def run(results: Results, *, quick: bool = False, progress: ProgressFn | None = 
 
 def _print_table(results: Results) -> None:
     rows = {(r["op"], r["impl"], r["shape"]["T"]): r for r in results.rows}
-    print(f"{'T':>6} {'route zaya us':>14} {'eager us':>10} {'speedup':>8} {'router us':>10} {'align us':>9} "
-          f"{'floor us':>9} correct")
+    print(f"{'T':>6} {'route zaya us':>14} {'two ops us':>11} {'eager us':>10} {'speedup':>8} {'router us':>10} "
+          f"{'align us':>9} {'floor us':>9} correct")
     for t in sorted({key[2] for key in rows}):
         z, e = rows.get(("route", "zaya", t)), rows.get(("route", "eager", t))
-        r, a = rows.get(("zaya_router", "zaya", t)), rows.get(("moe_align", "zaya", t))
+        two, r, a = rows.get(("route", "zaya_two_ops", t)), rows.get(("zaya_router", "zaya", t)), \
+            rows.get(("moe_align", "zaya", t))
         fmt = lambda row, key="median_us": f"{row[key]:.4g}" if row and row.get(key) is not None else "-"  # noqa: E731
-        print(f"{t:>6} {fmt(z):>14} {fmt(e):>10} {fmt(z, 'speedup_vs_eager'):>8} {fmt(r):>10} {fmt(a):>9} "
-              f"{fmt(z, 'floor_us'):>9} {z.get('correct') if z else '-'}")
+        print(f"{t:>6} {fmt(z):>14} {fmt(two):>11} {fmt(e):>10} {fmt(z, 'speedup_vs_eager'):>8} {fmt(r):>10} "
+              f"{fmt(a):>9} {fmt(z, 'floor_us'):>9} {z.get('correct') if z else '-'}")
     for row in results.rows:
         if row["impl"] in ("zaya_cluster", "zaya_split", "zaya_tile"):
             print(f"variant {row['impl']:>13} T={row['shape']['T']:>6}: {row['median_us']:.4g} us")

@@ -42,6 +42,19 @@ TORCH_LIBRARY(zaya, m) {
         " Tensor(b!) block_expert_ids, Tensor(c!) expert_offsets, Tensor(d!) num_padded)"
         " -> ()");
 
+  // zaya_router, then moe_align of its ids over the E' - 1 experts (the skip route E' - 1 goes to no
+  // expert), as one op: the router's outputs, then moe_align's. workspace: kRouteWorkspaceBytes
+  // uint8 (zaya_kernels.route_workspace), zero between calls; the kernels leave it zero.
+  m.def("zaya_route(Tensor x, Tensor? r_prev, Tensor down_w, Tensor down_b, Tensor? eda_scale, Tensor norm_w,"
+        " Tensor fc1_w, Tensor fc1_b, Tensor fc2_w, Tensor fc2_b, Tensor out_w, Tensor balancing_bias,"
+        " Tensor(a!) workspace, int block_m, float eps=1e-05) -> (Tensor weights, Tensor ids, Tensor r_out,"
+        " Tensor sorted_token_ids, Tensor block_expert_ids, Tensor expert_offsets, Tensor num_padded)");
+  m.def("zaya_route.out(Tensor x, Tensor? r_prev, Tensor down_w, Tensor down_b, Tensor? eda_scale, Tensor norm_w,"
+        " Tensor fc1_w, Tensor fc1_b, Tensor fc2_w, Tensor fc2_b, Tensor out_w, Tensor balancing_bias,"
+        " Tensor(a!) workspace, int block_m, float eps=1e-05, *, Tensor(b!) weights, Tensor(c!) ids,"
+        " Tensor(d!) r_out, Tensor(e!) sorted_token_ids, Tensor(f!) block_expert_ids, Tensor(g!) expert_offsets,"
+        " Tensor(h!) num_padded) -> ()");
+
   // c[rows of expert e] = a[rows of expert e] @ w[e]^T, segments [offsets[e], offsets[e+1]);
   // rows outside every segment are zero.
   m.def("grouped_gemm(Tensor a, Tensor w, Tensor expert_offsets) -> Tensor");

@@ -328,7 +328,8 @@ def test_demo_runs_both_backends_and_reports_agreement(capsys):
 
 
 def test_unwritten_cache_slots_and_stale_buffers_are_never_read(model, gen):
-    """Poison (NaN / sentinels) the whole KV pool and every decode buffer: results must not change."""
+    """Poison (NaN / sentinels) the whole KV pool and every decode buffer: results must not change. Not
+    the token ids (the step's input) and the route workspace (zero between calls by contract)."""
     seqs = [tokens(gen, n) for n in (6, 3)]
     ids, cu = pack_sequences([s[:-1] for s in seqs])
     step = torch.stack([s[-1] for s in seqs])
@@ -340,7 +341,8 @@ def test_unwritten_cache_slots_and_stale_buffers_are_never_read(model, gen):
             poison_(state.v_cache)
             for value in vars(state.decode_ws).values():
                 for t in value if isinstance(value, tuple) else (value,):
-                    if isinstance(t, torch.Tensor) and t is not state.decode_ws.token_ids:
+                    if isinstance(t, torch.Tensor) and all(t is not keep for keep in (
+                            state.decode_ws.token_ids, state.decode_ws.route_workspace)):
                         poison_(t)
         prefill = model.prefill(state, ids, cu).clone()
         results.append((prefill, model.decode_step(state, step).clone()))

@@ -218,7 +218,7 @@ def test_moe_sublayer_matches_naive_loops(gen, block):
     out, _, recorder = run_moe(model, block, x, eda_in, model.ops)
     ref, ref_ids, ref_weights = naive_moe(moe, cfg, x, eda_in, cfg.skip_mode)
     low, _, low_weights = naive_moe(moe, cfg, x, eda_in, cfg.skip_mode, torch.bfloat16, routes=ref_ids)
-    (_, (weights, ids, _)), = recorder.of("zaya_router")
+    (_, (weights, ids, *_)), = recorder.of("zaya_route")
     assert torch.equal(ids[:, 0], ref_ids), "route ids differ from the naive router"
     assert (ref_ids == cfg.num_experts).any() and len(set(ref_ids.tolist())) >= 3, "test needs skips and experts"
     # The router rounds n, h1, h2 to bf16 by definition, so an fp32 and an fp64 evaluation differ by
@@ -293,9 +293,9 @@ def test_first_moe_layer_has_no_eda_term(gen):
     state = model.new_state(1, 16)
     ids = torch.randint(0, cfg.vocab_size, (12,), generator=gen)
     model.prefill(state, ids, torch.tensor([0, 12], dtype=torch.int32))
-    calls = recorder.of("zaya_router")
+    calls = recorder.of("zaya_route")
     assert len(calls) == cfg.num_blocks
-    for i, (args, (_, _, r_out)) in enumerate(calls):
+    for i, (args, (_, _, r_out, *_)) in enumerate(calls):
         x, r_prev, down_w, down_b, eda_scale = args[:5]
         d = x.double() @ down_w.double().T + down_b.double()
         if i == 0:
@@ -316,7 +316,7 @@ def test_skip_route_output_by_skip_mode(gen, skip_mode):
     model = random_model(cfg, seed=16, skip_bias=2.0)  # p_skip + 2 beats every p_e + beta_e
     x = rand_bf16(gen, 20, cfg.hidden_size)
     out, _, recorder = run_moe(model, 0, x, None, model.ops)
-    (_, (weights, ids, _)), = recorder.of("zaya_router")
+    (_, (weights, ids, *_)), = recorder.of("zaya_route")
     assert (ids == cfg.num_experts).all()
     assert (weights > 0).all() and (weights < 1).all()
     expected = (weights * x.float()).to(torch.bfloat16) if skip_mode == "scaled_input" else torch.zeros_like(x)
@@ -344,7 +344,7 @@ def test_balancing_biases_change_choice_not_weight(gen):
     for shift in (0.0, 0.25):
         router.balancing_biases[1] = shift  # favour expert 1
         _, _, recorder = run_moe(model, 0, x, None, model.ops)
-        (_, (weights, ids, _)), = recorder.of("zaya_router")
+        (_, (weights, ids, *_)), = recorder.of("zaya_route")
         chosen = ids[:, 0].long()
         torch.testing.assert_close(weights[:, 0].double(), p.gather(1, chosen[:, None])[:, 0], rtol=1e-5, atol=1e-6)
         assert (weights[:, 0].double() < p.max(dim=1).values + 1e-6).all()

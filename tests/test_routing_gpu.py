@@ -33,7 +33,7 @@ MARGIN = 1e-3
 
 @pytest.fixture(autouse=True)
 def _needs_kernels():
-    for op in ("zaya_router", "moe_align", "topk_gating"):
+    for op in ("zaya_router", "moe_align", "zaya_route", "topk_gating"):
         if not zaya_kernels.has_device_kernel(op):
             pytest.skip(f"zaya::{op} has no GPU kernel in this build")
 
@@ -130,7 +130,7 @@ def test_router_matches_reference(tokens, router_variant, cuda_gen):
     check_router(ops.zaya_router(*router_args(x, r_prev, w)), x, r_prev, w)
 
 
-@pytest.mark.parametrize("router_variant", ["cluster", "split", "tile", "split16", "split16c", "split32", "split48"],
+@pytest.mark.parametrize("router_variant", ["cluster", "split", "tile", "split16", "split16p", "split16c", "split32", "split48"],
                          indirect=True)
 @pytest.mark.parametrize("tokens", (1, 7, 100, 241, 700, 1000, 4096))
 def test_router_each_variant(tokens, router_variant, cuda_gen):
@@ -359,43 +359,116 @@ def test_moe_align_rejects_too_many_experts(cuda_gen):
 # router + align together: CUDA graphs, torch.compile
 # ---------------------------------------------------------------------------------------------
 
-def route(x, r_prev, w):
-    weights, ids, r_out = ops.zaya_router(*router_args(x, r_prev, w))
-    return (weights, ids, r_out) + tuple(ops.moe_align(ids, ROUTES - 1, 64))
+BLOCK_M = 64
 
 
-@pytest.mark.parametrize("tokens", (1, 128, 3000))
-def test_route_cuda_graph(tokens, cuda_gen):
+def route(x, r_prev, w, workspace):
+    """The fused op, as the model calls it."""
+    return ops.zaya_route(*router_args(x, r_prev, w)[:-1], workspace, BLOCK_M)
+
+
+def check_route(out, x, r_prev, w, workspace):
+    """The router's outputs as check_router's; the align's exactly moe_align's reference on those ids;
+    the workspace zero again."""
+    check_router(out[:3], x, r_prev, w)
+    for got, want in zip(out[3:], reference.moe_align(out[1], ROUTES - 1, BLOCK_M)):
+        assert torch.equal(got, want)
+    assert not workspace.any(), "the kernels left the workspace non-zero"
+
+
+@pytest.mark.parametrize("router_variant", ["auto"], indirect=True)
+@pytest.mark.parametrize("tokens", TOKENS)
+def test_route_matches_reference(tokens, router_variant, cuda_gen):
+    """zaya_route over every size of the issue, into poisoned .out buffers, twice on one workspace (the
+    second call relies on the first having zeroed it), equal to the two ops it fuses."""
+    workspace = ops.route_workspace("cuda")
+    for _ in range(2):
+        x, r_prev, w = make_router_inputs(tokens, cuda_gen)
+        like = ops.zaya_route(*router_args(x, r_prev, w)[:-1], workspace, BLOCK_M)
+        out = tuple(poison_(torch.empty_like(t)) for t in like)
+        ops.zaya_route(*router_args(x, r_prev, w)[:-1], workspace, BLOCK_M, out=out)
+        check_route(out, x, r_prev, w, workspace)
+        router = ops.zaya_router(*router_args(x, r_prev, w))
+        for got, want in zip(out, router + ops.moe_align(router[1], ROUTES - 1, BLOCK_M)):
+            assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+@pytest.mark.parametrize("router_variant", ["cluster", "split", "tile", "split16", "split16p", "split16c", "split32", "split48"],
+                         indirect=True)
+@pytest.mark.parametrize("tokens", (1, 7, 100, 241, 700, 1000, 1024))
+def test_route_each_variant(tokens, router_variant, cuda_gen):
+    """The align inside every variant's last kernel (the tile variant: a launch of its own), every
+    split group shape, and the cluster variant in waves (700 and more tokens in 32-token groups)."""
+    workspace = ops.route_workspace("cuda")
     x, r_prev, w = make_router_inputs(tokens, cuda_gen)
-    eager = route(x, r_prev, w)
+    check_route(route(x, r_prev, w, workspace), x, r_prev, w, workspace)
+
+
+@pytest.mark.parametrize("router_variant", variants(), indirect=True)
+def test_route_skip_and_one_expert(router_variant, cuda_gen):
+    """Skip-route tokens go to no expert; every other token on one expert; no EDA term."""
+    workspace = ops.route_workspace("cuda")
+    w = router_weights(cuda_gen)
+    w["balancing_bias"][5] = 0.5
+    w["balancing_bias"][SKIP] = 0.5
+    x, _, _ = make_router_inputs(900, cuda_gen, weights=w, eda=False)
+    out = route(x, None, w, workspace)
+    ids = out[1].flatten()
+    assert ((ids == 5) | (ids == SKIP)).all() and (ids == 5).any() and (ids == SKIP).any()
+    check_route(out, x, None, w, workspace)
+    offsets = out[5]
+    assert offsets[6:].eq(offsets[6]).all() and offsets[6] == -(-int((ids == 5).sum()) // BLOCK_M) * BLOCK_M
+
+
+def test_route_rejects_bad_workspace(cuda_gen):
+    x, r_prev, w = make_router_inputs(4, cuda_gen, tie_free=False)
+    args = router_args(x, r_prev, w)[:-1]
+    for bad, match in ((torch.zeros(1024, dtype=torch.int32, device="cuda"), r"workspace must be torch\.uint8"),
+                       (torch.zeros(512, dtype=torch.uint8, device="cuda"), r"workspace must have shape \(1024,\)"),
+                       (torch.zeros(1024, dtype=torch.uint8), r"workspace must be on cuda")):
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.zaya.zaya_route(*args, bad, BLOCK_M)
+    with pytest.raises(RuntimeError, match=r"block_m must be >= 1"):
+        torch.ops.zaya.zaya_route(*args, ops.route_workspace("cuda"), 0)
+
+
+@pytest.mark.parametrize("tokens", (1, 128, 1000, 3000))
+def test_route_cuda_graph(tokens, cuda_gen):
+    workspace = ops.route_workspace("cuda")
+    x, r_prev, w = make_router_inputs(tokens, cuda_gen)
+    eager = route(x, r_prev, w, workspace)
     static_x, static_r = x.clone(), r_prev.clone()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        route(static_x, static_r, w)
+        route(static_x, static_r, w, workspace)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = route(static_x, static_r, w)
+        captured = route(static_x, static_r, w, workspace)
     x2, r2, _ = make_router_inputs(tokens, cuda_gen, weights=w)
     static_x.copy_(x2)
     static_r.copy_(r2)
     graph.replay()
     torch.cuda.synchronize()
-    for a, b in zip(captured, route(x2, r2, w)):
+    for a, b in zip(captured, route(x2, r2, w, workspace)):
         assert torch.equal(a.nan_to_num(), b.nan_to_num())
     static_x.copy_(x)
     static_r.copy_(r_prev)
     graph.replay()
     for a, b in zip(captured, eager):
         assert torch.equal(a.nan_to_num(), b.nan_to_num())
+    check_route(captured, x, r_prev, w, workspace)
 
 
 def test_route_torch_compile_fullgraph(cuda_gen):
+    workspace = ops.route_workspace("cuda")
     x, r_prev, w = make_router_inputs(200, cuda_gen)
     compiled = torch.compile(route, fullgraph=True)
-    for a, b in zip(compiled(x, r_prev, w), route(x, r_prev, w)):
+    got = compiled(x, r_prev, w, workspace)
+    for a, b in zip(got, route(x, r_prev, w, workspace)):
         assert torch.equal(a.nan_to_num(), b.nan_to_num())
+    check_route(got, x, r_prev, w, workspace)
 
 
 # ---------------------------------------------------------------------------------------------

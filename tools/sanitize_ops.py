@@ -32,12 +32,22 @@ def main() -> int:
             os.environ["ZAYA_ROUTER_VARIANT"] = variant
             ops.zaya_router(*args)
         # Every token-group shape of the split variant, with a partial last group.
-        for variant in ("split16", "split16c", "split32", "split48"):
+        for variant in ("split16", "split16p", "split16c", "split32", "split48"):
             os.environ["ZAYA_ROUTER_VARIANT"] = variant
             x = torch.randn(700, args[0].shape[1], device="cuda").to(args[0].dtype)
             r_prev = torch.randn(700, args[1].shape[1], device="cuda").to(args[1].dtype)
             ops.zaya_router(x, r_prev, *args[2:])
         os.environ.pop("ZAYA_ROUTER_VARIANT")
+    if zaya_kernels.has_device_kernel("zaya_route"):  # the align in each variant's last kernel, one workspace
+        args, _ = sample("zaya_route", device="cuda", seed=3)
+        x = torch.randn(700, args[0].shape[1], device="cuda").to(args[0].dtype)
+        r_prev = torch.randn(700, args[1].shape[1], device="cuda").to(args[1].dtype)
+        for variant in ("cluster", "split", "tile", "split16p", "split16c", "split32"):
+            os.environ["ZAYA_ROUTER_VARIANT"] = variant
+            ops.zaya_route(*args)
+            ops.zaya_route(x, r_prev, *args[2:])
+        os.environ.pop("ZAYA_ROUTER_VARIANT")
+        assert not args[12].any(), "zaya_route left its workspace non-zero"
     if zaya_kernels.has_device_kernel("topk_gating"):
         for tokens, experts, k in ((1, 17, 1), (1000, 256, 8), (333, 64, 2)):
             logits = torch.randn(tokens, experts, device="cuda")

@@ -21,9 +21,9 @@ from . import ops  # noqa: E402
 if _C is not None:
     ops.register_all()
     from .ops import (attention_decode, attention_prefill, cca_prep, grouped_gemm, moe_align, moe_mlp,  # noqa: E402
-                      topk_gating, zaya_router)
+                      route_workspace, topk_gating, zaya_route, zaya_router)
 
 __all__ = ["reference", "ops", "compiled_backend", "extension_loaded", "has_device_kernel", "topk_gating",
-           "zaya_router", "moe_align", "grouped_gemm", "moe_mlp", "cca_prep", "attention_prefill",
+           "zaya_router", "moe_align", "zaya_route", "route_workspace", "grouped_gemm", "moe_mlp", "cca_prep", "attention_prefill",
            "attention_decode"]
 __version__ = "0.1.0"

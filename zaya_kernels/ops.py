@@ -63,8 +63,7 @@ def _check_topk_gating(logits, bias=None, k=1, renormalize=False, skip_index=-1)
 
 
 def _check_zaya_router(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
-                       balancing_bias, eps=1e-5):
-    op = "zaya_router"
+                       balancing_bias, eps=1e-5, *, op="zaya_router"):
     _expect(op, "x", x, dim=2, dtype=torch.bfloat16)
     tokens, hidden = x.shape
     _expect(op, "down_w", down_w, dim=2, dtype=_FLOAT, like=x)
@@ -87,15 +86,32 @@ def _check_zaya_router(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_
     return [((tokens, 1), torch.float32), ((tokens, 1), torch.int32), ((tokens, width), torch.bfloat16)]
 
 
+def _align_outputs(num_pairs: int, num_experts: int, block_m: int):
+    capacity = num_pairs + num_experts * (block_m - 1)
+    blocks = (capacity + block_m - 1) // block_m
+    return [((capacity,), torch.int32), ((blocks,), torch.int32), ((num_experts + 1,), torch.int32),
+            ((1,), torch.int32)]
+
+
 def _check_moe_align(ids, num_experts, block_m):
     op = "moe_align"
     _expect(op, "ids", ids, dim=2, dtype=torch.int32)
     _require(op, num_experts >= 1, f"num_experts must be >= 1, got {num_experts}")
     _require(op, block_m >= 1, f"block_m must be >= 1, got {block_m}")
-    capacity = ids.numel() + num_experts * (block_m - 1)
-    blocks = (capacity + block_m - 1) // block_m
-    return [((capacity,), torch.int32), ((blocks,), torch.int32), ((num_experts + 1,), torch.int32),
-            ((1,), torch.int32)]
+    return _align_outputs(ids.numel(), num_experts, block_m)
+
+
+ROUTE_WORKSPACE_BYTES = 1024  # csrc/common/params.h kRouteWorkspaceBytes
+
+
+def _check_zaya_route(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
+                      balancing_bias, workspace, block_m, eps=1e-5):
+    op = "zaya_route"
+    router = _check_zaya_router(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
+                                balancing_bias, eps, op=op)
+    _expect(op, "workspace", workspace, dtype=torch.uint8, shape=(ROUTE_WORKSPACE_BYTES,), like=x)
+    _require(op, block_m >= 1, f"block_m must be >= 1, got {block_m}")
+    return router + _align_outputs(x.shape[0], out_w.shape[0] - 1, block_m)
 
 
 def _check_grouped_gemm(a, w, expert_offsets):
@@ -203,6 +219,8 @@ _SPECS = [
     _OpSpec("zaya_router", _check_zaya_router, reference.zaya_router, ("weights", "ids", "r_out")),
     _OpSpec("moe_align", _check_moe_align, reference.moe_align,
             ("sorted_token_ids", "block_expert_ids", "expert_offsets", "num_padded")),
+    _OpSpec("zaya_route", _check_zaya_route, reference.zaya_route,
+            ("weights", "ids", "r_out", "sorted_token_ids", "block_expert_ids", "expert_offsets", "num_padded")),
     _OpSpec("grouped_gemm", _check_grouped_gemm, reference.grouped_gemm, ("out",)),
     _OpSpec("moe_mlp", _check_moe_mlp, reference.moe_mlp, ("out",)),
     _OpSpec("cca_prep", _check_cca_prep, reference.cca_prep, ("q",)),
@@ -330,6 +348,27 @@ def moe_align(ids: Tensor, num_experts: int, block_m: int, *, out: tuple | None 
     (sorted_token_ids [T*k + E*(block_m-1)], block_expert_ids [ceil(len/block_m)], expert_offsets [E+1],
     num_padded [1]), all int32, sizes static so the call is CUDA-graph capturable."""
     return _call("moe_align", (ids, num_experts, block_m), out)
+
+
+def route_workspace(device: torch.device | str) -> Tensor:
+    """The workspace zaya_route needs: ROUTE_WORKSPACE_BYTES zero bytes on `device`. Make one per stream
+    that routes (a model owns one) and pass it to every call: the kernels leave it zero, and two calls
+    in flight at once on different streams must not share it."""
+    return torch.zeros(ROUTE_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+
+
+def zaya_route(x: Tensor, r_prev: Tensor | None, down_w: Tensor, down_b: Tensor, eda_scale: Tensor | None,
+               norm_w: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor, out_w: Tensor,
+               balancing_bias: Tensor, workspace: Tensor, block_m: int, eps: float = 1e-5, *,
+               out: tuple | None = None) -> tuple:
+    """zaya_router, then moe_align of its ids over the E' - 1 experts (the skip route E' - 1 goes to no
+    expert), as one op -> (weights, ids, r_out, sorted_token_ids, block_expert_ids, expert_offsets,
+    num_padded): exactly zaya_router's outputs, then exactly moe_align(ids, E' - 1, block_m)'s.
+    workspace: route_workspace(device), zero between calls (the kernels leave it zero). On CUDA, up to
+    1024 tokens the router's last kernel sorts the ids itself, which saves moe_align's launch and its
+    wait for the router's grid to complete."""
+    return _call("zaya_route", (x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
+                                balancing_bias, workspace, block_m, eps), out)
 
 
 def grouped_gemm(a: Tensor, w: Tensor, expert_offsets: Tensor, *, out: Tensor | None = None) -> Tensor:

@@ -101,6 +101,16 @@ def zaya_router(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_
     return weights, ids, r.to(torch.bfloat16)
 
 
+def zaya_route(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias,
+               workspace, block_m: int, eps: float = 1e-5, *, compute_dtype: torch.dtype = torch.float32):
+    """zaya_router, then moe_align of its ids over the E' - 1 experts (the skip route goes to no
+    expert): the router's three outputs, then moe_align's four. workspace [1024] uint8 is the kernels'
+    scratch (zero between calls); the reference does not touch it."""
+    weights, ids, r_out = zaya_router(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b,
+                                      out_w, balancing_bias, eps, compute_dtype=compute_dtype)
+    return (weights, ids, r_out) + moe_align(ids, out_w.shape[0] - 1, block_m)
+
+
 def moe_align(ids: torch.Tensor, num_experts: int, block_m: int):
     """Counting sort of the T*k (token, slot) pairs by expert, each segment padded to block_m.
 

@@ -17,5 +17,8 @@ const char* launch_moe_align(const MoeAlignParams& params, StreamHandle stream);
 const char* launch_zaya_router(const ZayaRouterParams& params, StreamHandle stream);
 // Bytes of device workspace launch_zaya_router needs for these params (params.partials); 0: none.
 int64_t zaya_router_workspace_bytes(const ZayaRouterParams& params);
+// The router, then moe_align on its ids (params.align): in the router's last kernel where the backend
+// can (params.route_ready, see params.h), else as a second launch.
+const char* launch_zaya_route(const ZayaRouterParams& params, StreamHandle stream);
 
 }  // namespace zk

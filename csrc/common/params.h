@@ -106,16 +106,17 @@ enum class ZayaRouterVariant : int32_t {
   // kRouterClusterMaxTokens < T <= kRouterSplitMaxTokens: two kernels. The down-projection split over K
   // into kRouterSplitK slices, each CTA (64 tokens x 128 columns, wgmma) writing its fp32 partial sums
   // to `partials` (through L2, whose bandwidth the cluster variant's DSMEM exchange lacks at these sizes); then
-  // clusters of 4 CTAs per 16, 32 or 48 tokens, each CTA a quarter of the 256 columns, exchanging row
-  // sums, n, h1 and partial logits by st.async pushes into each other's shared memory.
+  // clusters of 4 (or 2) CTAs per 16, 32 or 48 tokens, each CTA a quarter (or half) of the 256 columns,
+  // exchanging row sums, n, h1 and partial logits by st.async pushes into each other's shared memory.
   kSplit = 2,
 };
 
 // The split variant's token groups: kAuto takes the smallest whose clusters surely fit on the GPU at
-// once (16 tokens at two CTAs per SM, then 16 in the compact form at three, then 32, then 48); the
-// others are forced (ZAYA_ROUTER_VARIANT=split16|split16c|split32|split48), so that tests run every
-// shape whatever the GPU's size picks.
-enum class SplitGroup : int32_t { kAuto = 0, k16 = 1, k16Compact = 2, k32 = 3, k48 = 4 };
+// once (16 tokens in clusters of 4 at two CTAs per SM, then 16 in clusters of 2 at one, then 16 in the
+// compact form at three, then 32, then 48); the others are forced
+// (ZAYA_ROUTER_VARIANT=split16|split16p|split16c|split32|split48), so that tests run every shape
+// whatever the GPU's size picks.
+enum class SplitGroup : int32_t { kAuto = 0, k16 = 1, k16Compact = 2, k32 = 3, k48 = 4, k16Pair = 5 };
 
 struct ZayaRouterParams {
   const uint16_t* x;            // [T, H] bf16 bits, row stride x_row_stride (16-byte aligned rows)
@@ -146,6 +147,12 @@ struct ZayaRouterParams {
   SplitGroup split_group;       // kSplit only
   float* partials;              // kSplit: [kRouterSplitK, T, R] fp32 workspace
                                 //   (zaya_router_workspace_bytes, launch.h), else nullptr
+  // zaya_route (the router with moe_align fused in, launch_zaya_route): `align` sorts the router's ids
+  // (align.ids = ids). Where the router's kernel runs the align itself (kRouteFusedMaxTokens), each
+  // token's route + 1 is also stored into route_ready[t], bytes of the caller's workspace that are
+  // zero between calls; one CTA waits for all T of them, sorts them and zeroes them again.
+  uint8_t* route_ready;         // [kRouteWorkspaceBytes] uint8, or nullptr (zaya_router alone)
+  MoeAlignParams align;
 };
 
 constexpr int kRouterWidth = 256;        // R: every kernel holds one full 256-wide row per token
@@ -162,5 +169,11 @@ constexpr int kRouterSplitK = 4;         // K slices of the split variant's down
 // (T = 4096: split 49.1 us, tile 46.4 us).
 constexpr int64_t kRouterClusterMaxTokens = 128;
 constexpr int64_t kRouterSplitMaxTokens = 1024;
+
+// zaya_route: up to this many tokens (the cluster and split variants' range) the router's last kernel
+// runs moe_align itself, one byte of the workspace per token; above it (the tile variant) moe_align
+// is its own launch. The workspace (zaya_kernels.route_workspace) is this many zero bytes.
+constexpr int64_t kRouteFusedMaxTokens = kRouterSplitMaxTokens;
+constexpr int64_t kRouteWorkspaceBytes = kRouteFusedMaxTokens;
 
 }  // namespace zk

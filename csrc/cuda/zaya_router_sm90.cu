@@ -151,21 +151,24 @@ const char* launch_tile_variant(const ZayaRouterParams& p, cudaStream_t stream) 
                           dim3(sm90::kTileThreads), sm90::kTileSmemBytes, stream, maps, p);
 }
 
-// Tokens one wave of kRows-row mlp clusters surely holds: 7/8 of the occupancy query's clusters. The
-// clusters launch while the down CTAs still hold SMs, and at exactly the query's count (H200: 60
-// clusters of 16-token groups at two CTAs per SM, T = 960) some started only as others ended.
+// Tokens one wave of kRows-row mlp clusters surely holds: the occupancy query's clusters less a margin.
+// The clusters launch while the down CTAs still hold SMs, and at exactly the query's count (H200: 60
+// clusters of 4 at two CTAs per SM, T = 960) some started only as others ended: 1/8 kept free for
+// clusters of 4. Clusters of 2 at one CTA per SM pack without that loss (H200: the query gives 66,
+// and T = 1024's 64 ran as one wave): 1/32.
 template <class Shape>
 int64_t split_variant_capacity() {
   const int clusters = cluster_slots<sm90::zaya_router_split_mlp_kernel<Shape>>(
-      sm90::kMlpClusterSize, Shape::kThreads, sm90::split_mlp_smem_bytes<Shape>(), 1);
-  return Shape::kGroupRows * static_cast<int64_t>(std::max(1, clusters - clusters / 8));
+      Shape::kClusterCtas, Shape::kThreads, sm90::split_mlp_smem_bytes<Shape>(), 1);
+  const int margin = clusters / (Shape::kClusterCtas == 2 ? 32 : 8);
+  return Shape::kGroupRows * static_cast<int64_t>(std::max(1, clusters - margin));
 }
 
 template <class Shape>
 const char* launch_split_rows(const ZayaRouterParams& p, cudaStream_t stream) {
   constexpr int kRows = Shape::kGroupRows;
   RouterTensorMaps maps;
-  if (!encode_maps(&maps, p, sm90::kSplitDownRows, sm90::kMlpSlice)) {
+  if (!encode_maps(&maps, p, sm90::kSplitDownRows, Shape::kSlice)) {
     return "cuTensorMapEncodeTiled failed (router tensor maps)";
   }
   constexpr int kMlpSmem = sm90::split_mlp_smem_bytes<Shape>();
@@ -179,24 +182,33 @@ const char* launch_split_rows(const ZayaRouterParams& p, cudaStream_t stream) {
                                            dim3(sm90::kSplitDownThreads), sm90::kSplitDownSmemBytes, stream, maps, p)) {
     return error;
   }
-  return launch_dependent(sm90::zaya_router_split_mlp_kernel<Shape>, dim3(groups * sm90::kMlpClusterSize),
+  return launch_dependent(sm90::zaya_router_split_mlp_kernel<Shape>, dim3(groups * Shape::kClusterCtas),
                           dim3(Shape::kThreads), kMlpSmem, stream, maps, p);
 }
 
-// Tokens per mlp cluster: the fewest (least work per CTA) whose clusters all fit on the GPU at once,
-// since a second wave doubles the kernel's time.
+// Above this many tokens 16-token groups run in clusters of 2 (one CTA per SM, 128 columns each) rather
+// than of 4 (two per SM): route at T = 256 / 384 / 512 / 768 / 1024, us, clusters of 4 vs 2 (H200,
+// graph, zaya_route): 11.4 vs 11.8, 12.6 vs 12.3, 13.2 vs 12.5, 14.3 vs 13.9, 20.2 (two waves) vs 14.4.
+constexpr int64_t kSplitPairMinTokens = 256;
+
+// Tokens per mlp cluster: 16 in the form that is faster at T (kSplitPairMinTokens) if its clusters all
+// fit on the GPU at once, since a second wave doubles the kernel's time; else the fewest that fit.
 const char* launch_split_variant(const ZayaRouterParams& p, cudaStream_t stream) {
   if (p.partials == nullptr) return "the split variant needs its workspace (zaya_router_workspace_bytes)";
   using namespace sm90;
   SplitGroup group = p.split_group;
   if (group == SplitGroup::kAuto) {
-    group = p.num_tokens <= split_variant_capacity<SplitMlp16>()          ? SplitGroup::k16
+    const bool pair_fits = p.num_tokens <= split_variant_capacity<SplitMlp16Pair>();
+    group = p.num_tokens > kSplitPairMinTokens && pair_fits               ? SplitGroup::k16Pair
+            : p.num_tokens <= split_variant_capacity<SplitMlp16>()        ? SplitGroup::k16
+            : pair_fits                                                   ? SplitGroup::k16Pair
             : p.num_tokens <= split_variant_capacity<SplitMlp16Compact>() ? SplitGroup::k16Compact
             : p.num_tokens <= split_variant_capacity<SplitMlp32>()        ? SplitGroup::k32
                                                                           : SplitGroup::k48;
   }
   switch (group) {
     case SplitGroup::k16: return launch_split_rows<SplitMlp16>(p, stream);
+    case SplitGroup::k16Pair: return launch_split_rows<SplitMlp16Pair>(p, stream);
     case SplitGroup::k16Compact: return launch_split_rows<SplitMlp16Compact>(p, stream);
     case SplitGroup::k32: return launch_split_rows<SplitMlp32>(p, stream);
     default: return launch_split_rows<SplitMlp48>(p, stream);
@@ -221,6 +233,18 @@ const char* launch_zaya_router(const ZayaRouterParams& params, StreamHandle stre
   // or GPUs where fewer clusters fit.
   if (params.num_tokens <= cluster_variant_capacity<16>()) return launch_cluster_variant<16>(params, stream);
   return launch_cluster_variant<32>(params, stream);
+}
+
+// Up to kRouteFusedMaxTokens the cluster and split variants' last kernel sorts the ids itself
+// (zaya_router_sm90_route.cuh); the tile variant's T, or a forced tile variant, gets moe_align's own
+// launch, which overlaps the router's tail as a programmatic dependent launch.
+const char* launch_zaya_route(const ZayaRouterParams& params, StreamHandle stream_handle) {
+  ZayaRouterParams p = params;
+  const bool fused = p.route_ready != nullptr && p.num_tokens <= kRouteFusedMaxTokens &&
+                     p.variant != ZayaRouterVariant::kTile;
+  if (!fused) p.route_ready = nullptr;
+  if (const char* error = launch_zaya_router(p, stream_handle)) return error;
+  return fused ? nullptr : launch_moe_align(p.align, stream_handle);
 }
 
 }  // namespace zk

@@ -40,6 +40,7 @@
 #pragma once
 
 #include "zaya_router_sm90_blocks.cuh"
+#include "zaya_router_sm90_route.cuh"
 
 namespace zk {
 namespace sm90 {
@@ -347,7 +348,7 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
     const float bias[1] = {s.vec.balancing_bias[lane]};
     const RouteChoice choice = route_top1<32, 1>(logits, route, bias, p.num_routes);
     const int64_t t = row0 + rank * kRowsPerCta + local_row;
-    if (lane == 0 && t < p.num_tokens) store_route(p, t, choice);
+    if (lane == 0 && t < p.num_tokens) store_route_outputs(p, t, choice);
   }
 #pragma unroll
   for (int i = 0; i < Shape::kReduceItems; ++i) {
@@ -361,6 +362,7 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
     out.w = pack_bf16x2_rn(r[i][6], r[i][7]);
     *reinterpret_cast<uint4*>(p.r_out + token * p.r_out_row_stride + it.col0) = out;
   }
+  if (runs_fused_align(p, kRouterClusterSize)) fused_align<kClusterThreads>(p, s.partials);  // read in exchange 1
 }
 
 }  // namespace sm90

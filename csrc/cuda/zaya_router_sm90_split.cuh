@@ -13,22 +13,26 @@
 //         columns rather than 8 of 256: the same loads per CTA within 20%, half the partials to
 //         write and read back (4 KB per token; at T = 1K the 8 MB of the 8-slice layout took ~1.8 us
 //         to store, and the mlp kernel's griddepcontrol.wait returned ~1.5 us after the last store).
-//   mlp:  clusters of 4 CTAs per kRows tokens; CTA c owns columns [64c, 64c+64) of every 256-wide
-//         row. It loads its columns of the 4 partials into registers, adds bias and EDA -> r (its
-//         columns of r_out), sends the row sums of squares to the cluster; then n, h1 in column
-//         slices pushed into every CTA of the cluster, fc1/fc2 on its 64 rows of the weights (64 KB,
-//         fetched before griddepcontrol.wait, under the down kernel), partial logits from its h2
-//         slice pushed to the row's owner, softmax and top-1 there. Groups of 16, 32 or 48 tokens
-//         (SplitMlpShape): 16 at two CTAs per SM while they fit in one wave, then 16 in a compact
-//         form at three (fc2's weights loaded after fc1 into fc1's space), then 32, then 48.
+//   mlp:  clusters of 4 (or 2) CTAs per kRows tokens; CTA c owns columns [sc, sc+s) of every
+//         256-wide row (s = 64, or 128). It loads its columns of the 4 partials into registers, adds
+//         bias and EDA -> r (its columns of r_out), sends the row sums of squares to the cluster; then
+//         n, h1 in column slices pushed into every CTA of the cluster, fc1/fc2 on its s rows of the
+//         weights (fetched before griddepcontrol.wait, under the down kernel), partial logits from
+//         its h2 slice pushed to the row's owner, softmax and top-1 there. Groups of 16, 32 or 48
+//         tokens (SplitMlpShape): 16 in clusters of 4 at two CTAs per SM up to 256 tokens, 16 in
+//         clusters of 2 at one CTA per SM above (faster there, and T = 1K fits one wave), then, where
+//         those do not fit, 16 in a compact form at three (fc2's weights loaded after fc1 into fc1's
+//         space), then 32, then 48.
 //         Every exchange is a push of st.async stores that complete a barrier in the receiving CTA,
 //         which knows how many bytes to wait for: no cluster barrier, whose release half is a
 //         GPU-scope memory fence (MEMBAR.ALL.GPU in the SASS) on every use.
-// Per CTA the mlp kernel reads 64 KB of weights and kRows x 1 KB of partials, and exchanges kRows x
-// 384 B of bf16 through DSMEM: a quarter of the split-by-16-rows layout's weight traffic.
+// Per CTA of a cluster of 4 the mlp kernel reads 64 KB of weights and kRows x 1 KB of partials, and
+// exchanges kRows x 384 B of bf16 through DSMEM: a quarter of the split-by-16-rows layout's weight
+// traffic (a half in clusters of 2).
 #pragma once
 
 #include "zaya_router_sm90_blocks.cuh"
+#include "zaya_router_sm90_route.cuh"
 
 namespace zk {
 namespace sm90 {
@@ -129,11 +133,8 @@ __global__ void __launch_bounds__(kSplitDownThreads, 1)
 
 // ---- mlp ------------------------------------------------------------------------------------------
 
-constexpr int kMlpClusterSize = 4;
-constexpr int kMlpSlice = kRouterWidth / kMlpClusterSize;  // columns a CTA owns: 64
-constexpr int kMlpLayerBoxes = 4;                          // K boxes of [64 x 64] per layer (fc1, fc2)
-constexpr int kMlpPieces = kMlpSlice / 8;                  // 16-byte bf16 pieces per row of a slice
-constexpr int kMlpNPerItem = 2;                            // n8 tiles per warp item of the GELU layers
+constexpr int kMlpLayerBoxes = 4;  // K boxes of [slice x 64] per layer (fc1, fc2)
+constexpr int kMlpNPerItem = 2;    // n8 tiles per warp item of the GELU layers
 
 // kCompact (16-token groups only): 128 threads (one item of 8 columns per thread, one GELU-layer item
 // per warp) and one layer's weights resident at a time (fc2's boxes replace fc1's after fc1, from L2),
@@ -141,39 +142,47 @@ constexpr int kMlpNPerItem = 2;                            // n8 tiles per warp 
 // 60 fit at two CTAs per SM, and 32-token groups ran the mlp steps in 8.0 us instead of 5.5). Else
 // 256 threads and both layers resident: no fc2 load after fc1 (exposed for ~0.5 us in the compact
 // form).
-template <int kRows, bool kCompact>
+// kCtas: CTAs per cluster, each owning kRouterWidth / kCtas columns. 4, or 2 (16-token groups, both
+// layers resident): 128 columns and ~160 KB per CTA, one CTA per SM, so that the clusters of T = 1K
+// in 16-token groups (128 CTAs) fit one wave with every GELU-layer warp busy (8 items of 2 n8 tiles,
+// as the 4-CTA form has at 32 tokens) and no SM shared between two mlp CTAs.
+template <int kRows, bool kCompact, int kCtas = 4>
 struct SplitMlpShape {
   static_assert(kRows % 16 == 0, "whole m16 tiles");
   static_assert(!kCompact || kRows == 16, "compact groups are 16 tokens");
+  static_assert(kCtas == 4 || (kCtas == 2 && kRows == 16 && !kCompact), "the shapes the launcher picks");
   static constexpr int kGroupRows = kRows;
+  static constexpr int kClusterCtas = kCtas;
+  static constexpr int kSlice = kRouterWidth / kCtas;  // columns a CTA owns
+  static constexpr int kPieces = kSlice / 8;           // 16-byte bf16 pieces per row of a slice
   static constexpr bool kOneLayerResident = kCompact;
   static constexpr int kThreads = kOneLayerResident ? 128 : 256;
   static constexpr int kWarps = kThreads / 32;
   static constexpr int kWeightBoxes = kOneLayerResident ? kMlpLayerBoxes : 2 * kMlpLayerBoxes;
   static_assert(kWeightBoxes == kWarps, "one issuing warp per resident weight box");
-  static constexpr int kRowsPerCta = kRows / kMlpClusterSize;  // tokens whose top-1 a CTA computes
+  static constexpr int kRowsPerCta = kRows / kCtas;  // tokens whose top-1 a CTA computes
   // Items (token row, 8 columns of the slice) per thread.
-  static constexpr int kItems = (kRows * kMlpPieces + kThreads - 1) / kThreads;
+  static constexpr int kItems = (kRows * kPieces + kThreads - 1) / kThreads;
   // Bytes each CTA receives per exchange: row sums of squares and n from every CTA (itself too), h1
-  // from the 3 others, partial logits of its kRowsPerCta rows from every CTA.
-  static constexpr uint32_t kSumsBytes = kMlpClusterSize * kRows * 4;
+  // from the others, partial logits of its kRowsPerCta rows from every CTA.
+  static constexpr uint32_t kSumsBytes = kCtas * kRows * 4;
   static constexpr uint32_t kNBytes = kRows * kRouterWidth * 2;
-  static constexpr uint32_t kH1Bytes = (kMlpClusterSize - 1) * kRows * kMlpSlice * 2;
-  static constexpr uint32_t kLogitsBytes = kMlpClusterSize * kRowsPerCta * kRouterMaxRoutes * 4;
+  static constexpr uint32_t kH1Bytes = (kCtas - 1) * kRows * kSlice * 2;
+  static constexpr uint32_t kLogitsBytes = kCtas * kRowsPerCta * kRouterMaxRoutes * 4;
 };
 
 template <class Shape>
 struct SplitMlpSmem {
   static constexpr int kRows = Shape::kGroupRows;
-  // fc1's rows [64c, 64c+64) as K boxes of [64 x 64], then fc2's (in place of fc1's when one layer is
-  // resident)
-  uint8_t fc_w[Shape::kWeightBoxes][kMlpSlice * 128];
-  uint8_t out_w[kRouterMaxRoutes * 128];           // W_out[:, 64c:64c+64] as [32 x 64], rows >= E' zero
+  // fc1's rows [sc, sc+s) (s = the slice, c = the rank) as K boxes of [s x 64], then fc2's (in place of
+  // fc1's when one layer is resident)
+  uint8_t fc_w[Shape::kWeightBoxes][Shape::kSlice * 128];
+  uint8_t out_w[Shape::kSlice / 64][kRouterMaxRoutes * 128];  // W_out[:, sc:sc+s] as [32 x 64] boxes, rows >= E' zero
   uint16_t act_a[kRows][kActPitch];                // n (all columns), then h2 (this CTA's columns)
   uint16_t act_b[kRows][kActPitch];                // h1 (all columns)
   RouterVectors vec;
-  float sum_squares[kMlpClusterSize][kRows];       // [source CTA][row]
-  float logit_parts[kMlpClusterSize][Shape::kRowsPerCta][kRouterMaxRoutes];  // [source CTA]
+  float sum_squares[Shape::kClusterCtas][kRows];  // [source CTA][row]
+  float logit_parts[Shape::kClusterCtas][Shape::kRowsPerCta][kRouterMaxRoutes];  // [source CTA]
   uint64_t weights_ready;                          // one arrival per issuing warp; phase 1: fc2 (one layer)
   // The exchanges: st.async from the cluster's CTAs complete these (SplitMlpShape has the bytes).
   uint64_t sums_ready;
@@ -188,16 +197,18 @@ constexpr int split_mlp_smem_bytes() {
 }
 // The group shapes the launcher picks from (smallest first: the least work per CTA).
 using SplitMlp16 = SplitMlpShape<16, false>;
+using SplitMlp16Pair = SplitMlpShape<16, false, 2>;
 using SplitMlp16Compact = SplitMlpShape<16, true>;
 using SplitMlp32 = SplitMlpShape<32, false>;
 using SplitMlp48 = SplitMlpShape<48, false>;
 static_assert(split_mlp_smem_bytes<SplitMlp48>() <= 227 * 1024, "the largest group fits one SM's shared memory");
 // CTAs per SM (228 KB, 1 KB of it reserved per CTA): the more, the more clusters one wave holds (H200:
-// 30 clusters at one, 60 at two), the fewer tokens per cluster at a given T.
+// 30 clusters of 4 at one, 60 at two), the fewer tokens per cluster at a given T.
 template <class Shape>
 constexpr int split_mlp_ctas_per_sm() {
-  return Shape::kOneLayerResident ? 3 : Shape::kGroupRows <= 32 ? 2 : 1;
+  return Shape::kOneLayerResident ? 3 : Shape::kGroupRows <= 32 && Shape::kClusterCtas == 4 ? 2 : 1;
 }
+static_assert(split_mlp_smem_bytes<SplitMlp16Pair>() <= 227 * 1024, "a 2-CTA cluster's CTA fits one SM");
 static_assert(3 * (split_mlp_smem_bytes<SplitMlp16Compact>() + 1024) <= 228 * 1024, "three compact CTAs fit one SM");
 static_assert(2 * (split_mlp_smem_bytes<SplitMlp32>() + 1024) <= 228 * 1024, "two 32-token CTAs fit one SM");
 
@@ -211,7 +222,8 @@ struct SliceItem {
 template <class Shape>
 ZK_DEVICE SliceItem slice_item(int i, int thread, int col_base) {
   const int index = thread + i * Shape::kThreads;
-  return SliceItem{index / kMlpPieces, col_base + 8 * (index % kMlpPieces), index < Shape::kGroupRows * kMlpPieces};
+  return SliceItem{index / Shape::kPieces, col_base + 8 * (index % Shape::kPieces),
+                   index < Shape::kGroupRows * Shape::kPieces};
 }
 
 // This CTA's h2 columns times W_out's matching columns: a [kRows x 32] partial of the logits, each
@@ -222,21 +234,20 @@ ZK_DEVICE void push_slice_logits(SplitMlpSmem<Shape>& s, int rank, int warp, int
   constexpr int kRowsPerCta = Shape::kRowsPerCta;
   constexpr int kNTiles = kRouterMaxRoutes / 8;
   const int g = lane / 4, q = lane % 4;
-  const uint32_t w_box = smem_addr(s.out_w);
   for (int item = warp; item < kRows / 16 * kNTiles; item += Shape::kWarps) {
     const int mt = item / kNTiles, nt = item % kNTiles;
     float c[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int k32 = 0; k32 < kMlpSlice / 32; ++k32) {
+    for (int k32 = 0; k32 < Shape::kSlice / 32; ++k32) {
       uint32_t b[4];  // b0/b1 of k16 steps 2 k32 and 2 k32 + 1
       {
         const int m = lane / 8, n = 8 * nt + lane % 8, k = 32 * k32 + 8 * m;
-        ldmatrix_x4(b, w_box + swizzle128_offset(n, k));
+        ldmatrix_x4(b, smem_addr(s.out_w[k / 64]) + swizzle128_offset(n, k % 64));
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         uint32_t a[4];
-        const int k = kMlpSlice * rank + 32 * k32 + 16 * h + (lane / 16) * 8;
+        const int k = Shape::kSlice * rank + 32 * k32 + 16 * h + (lane / 16) * 8;
         ldmatrix_x4(a, smem_addr(&s.act_a[16 * mt + lane % 16][k]));
         mma_bf16_16816(c, a, b[2 * h], b[2 * h + 1]);
       }
@@ -254,7 +265,7 @@ ZK_DEVICE void push_slice_logits(SplitMlpSmem<Shape>& s, int rank, int warp, int
 }
 
 template <class Shape>
-__global__ void __cluster_dims__(kMlpClusterSize, 1, 1)
+__global__ void __cluster_dims__(Shape::kClusterCtas, 1, 1)
     __launch_bounds__(Shape::kThreads, split_mlp_ctas_per_sm<Shape>())
     zaya_router_split_mlp_kernel(const __grid_constant__ RouterTensorMaps maps, const ZayaRouterParams p) {
   constexpr int kRows = Shape::kGroupRows;
@@ -263,9 +274,10 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1)
   extern __shared__ uint8_t smem_raw[];
   SplitMlpSmem<Shape>& s = *reinterpret_cast<SplitMlpSmem<Shape>*>(align_smem_1024(smem_raw));
   const int rank = static_cast<int>(cluster_cta_rank());
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x / kMlpClusterSize) * kRows;
+  constexpr int kCtas = Shape::kClusterCtas, kSlice = Shape::kSlice, kPieces = Shape::kPieces;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x / kCtas) * kRows;
   const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
-  const int col_base = kMlpSlice * rank;
+  const int col_base = kSlice * rank;
 
   allow_dependent_launch();
   if (thread == 0) {
@@ -281,13 +293,16 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1)
   if (lane == 0) {  // weights first (they do not depend on the down kernel): one box per warp
     const uint32_t bar = smem_addr(&s.weights_ready);
     const CUtensorMap* map = warp < kMlpLayerBoxes ? &maps.fc1_w : &maps.fc2_w;
-    mbar_arrive_expect_tx(bar, kMlpSlice * 128 + (warp == 0 ? kRouterMaxRoutes * 128 : 0));
+    constexpr int kOutBoxes = kSlice / 64;
+    mbar_arrive_expect_tx(bar, kSlice * 128 + (warp == 0 ? kOutBoxes * kRouterMaxRoutes * 128 : 0));
     tma_load_2d(smem_addr(s.fc_w[warp]), map, 64 * (warp % kMlpLayerBoxes), col_base, bar);
-    if (warp == 0) tma_load_2d(smem_addr(s.out_w), &maps.out_w, col_base, 0, bar);
+    if (warp == 0) {
+      for (int b = 0; b < kOutBoxes; ++b) tma_load_2d(smem_addr(s.out_w[b]), &maps.out_w, col_base + 64 * b, 0, bar);
+    }
     // fc2's rows for this CTA into L2 now, so that its boxes come from there after fc1 (32 KB,
     // contiguous; the base is 16-byte aligned as its tensor map requires)
     if (Shape::kOneLayerResident && warp == 1) {
-      prefetch_l2_bulk(p.fc2_w + col_base * kRouterWidth, kMlpSlice * kRouterWidth * 2);
+      prefetch_l2_bulk(p.fc2_w + col_base * kRouterWidth, kSlice * kRouterWidth * 2);
     }
   }
   const RouterVectorEntries<Shape::kThreads> vectors = fetch_router_vectors<Shape::kThreads>(p, thread);
@@ -350,15 +365,15 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1)
     sum_sq[i] = 0.f;
 #pragma unroll
     for (int e = 0; e < 8; ++e) sum_sq[i] += r[i][e] * r[i][e];
-    sum_sq[i] = row_sum<kMlpPieces>(sum_sq[i]);
+    sum_sq[i] = row_sum<kPieces>(sum_sq[i]);
   }
   cluster_wait();  // every CTA of the cluster has started
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
     const SliceItem it = slice_item<Shape>(i, thread, col_base);
-    if (it.active && thread % kMlpPieces == 0) {
+    if (it.active && thread % kPieces == 0) {
 #pragma unroll
-      for (int cta = 0; cta < kMlpClusterSize; ++cta) {
+      for (int cta = 0; cta < kCtas; ++cta) {
         push_f32(&s.sum_squares[rank][it.row], &s.sums_ready, cta, sum_sq[i]);
       }
     }
@@ -370,23 +385,23 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1)
   for (int i = 0; i < kItems; ++i) {
     const SliceItem it = slice_item<Shape>(i, thread, col_base);
     if (!it.active) continue;
-    const uint4 n = rms_normalize_piece<kMlpClusterSize>(&s.sum_squares[0][it.row], kRows, r[i], &s.vec.norm_w[it.col],
+    const uint4 n = rms_normalize_piece<kCtas>(&s.sum_squares[0][it.row], kRows, r[i], &s.vec.norm_w[it.col],
                                                           p.eps);
 #pragma unroll
-    for (int cta = 0; cta < kMlpClusterSize; ++cta) push_u32x4(&s.act_a[it.row][it.col], &s.n_ready, cta, n);
+    for (int cta = 0; cta < kCtas; ++cta) push_u32x4(&s.act_a[it.row][it.col], &s.n_ready, cta, n);
   }
   mbar_wait(smem_addr(&s.weights_ready), 0);
   mbar_wait_cluster(smem_addr(&s.n_ready), 0);  // n complete
 
   // ---- h1 = GELU(n fc1^T + b1): this CTA's columns, then into act_b of every CTA
-  mlp_layer_columns<kRows, kMlpSlice, kMlpNPerItem, Shape::kWarps>(s.act_a, s.act_b, smem_addr(s.fc_w[0]),
+  mlp_layer_columns<kRows, kSlice, kMlpNPerItem, Shape::kWarps>(s.act_a, s.act_b, smem_addr(s.fc_w[0]),
                                                                    s.vec.fc1_b, col_base, warp, lane);
   __syncthreads();  // this CTA's h1 columns are complete; every warp is done with fc1's boxes
   if constexpr (Shape::kOneLayerResident) {
     if (lane == 0) {  // fc2's boxes into fc1's space, one per warp, under the h1 exchange
       fence_proxy_async_shared();
       const uint32_t bar = smem_addr(&s.weights_ready);
-      mbar_arrive_expect_tx(bar, kMlpSlice * 128);
+      mbar_arrive_expect_tx(bar, kSlice * 128);
       tma_load_2d(smem_addr(s.fc_w[warp]), &maps.fc2_w, 64 * warp, col_base, bar);
     }
   }
@@ -396,7 +411,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1)
     if (!it.active) continue;
     const uint4 piece = *reinterpret_cast<const uint4*>(&s.act_b[it.row][it.col]);
 #pragma unroll
-    for (int cta = 0; cta < kMlpClusterSize; ++cta) {
+    for (int cta = 0; cta < kCtas; ++cta) {
       if (cta != rank) push_u32x4(&s.act_b[it.row][it.col], &s.h1_ready, cta, piece);
     }
   }
@@ -405,7 +420,7 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1)
   // ---- h2 = GELU(h1 fc2^T + b2), this CTA's columns (over its n columns: only this CTA reads them)
   if constexpr (Shape::kOneLayerResident) mbar_wait(smem_addr(&s.weights_ready), 1);
   const uint32_t fc2_boxes = smem_addr(s.fc_w[Shape::kOneLayerResident ? 0 : kMlpLayerBoxes]);
-  mlp_layer_columns<kRows, kMlpSlice, kMlpNPerItem, Shape::kWarps>(s.act_b, s.act_a, fc2_boxes, s.vec.fc2_b, col_base,
+  mlp_layer_columns<kRows, kSlice, kMlpNPerItem, Shape::kWarps>(s.act_b, s.act_a, fc2_boxes, s.vec.fc2_b, col_base,
                                                                    warp, lane);
   __syncthreads();  // this CTA's h2 columns are complete
   push_slice_logits<Shape>(s, rank, warp, lane);
@@ -426,12 +441,12 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1)
       route[c] = lane % 16 + 16 * c;
       logits[c] = 0.f;
 #pragma unroll
-      for (int cta = 0; cta < kMlpClusterSize; ++cta) logits[c] += s.logit_parts[cta][row][route[c]];
+      for (int cta = 0; cta < kCtas; ++cta) logits[c] += s.logit_parts[cta][row][route[c]];
       bias[c] = s.vec.balancing_bias[route[c]];
     }
     const RouteChoice choice = route_top1<16, 2>(logits, route, bias, p.num_routes);
     const int64_t t = row0 + rank * kRowsPerCta + local_row;
-    if (lane % 16 == 0 && local_row < kRowsPerCta && t < p.num_tokens) store_route(p, t, choice);
+    if (lane % 16 == 0 && local_row < kRowsPerCta && t < p.num_tokens) store_route_outputs(p, t, choice);
   }
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
@@ -441,6 +456,10 @@ __global__ void __cluster_dims__(kMlpClusterSize, 1, 1)
     const uint4 bits = make_uint4(pack_bf16x2_rn(r[i][0], r[i][1]), pack_bf16x2_rn(r[i][2], r[i][3]),
                                   pack_bf16x2_rn(r[i][4], r[i][5]), pack_bf16x2_rn(r[i][6], r[i][7]));
     *reinterpret_cast<uint4*>(p.r_out + token * p.r_out_row_stride + it.col) = bits;
+  }
+  if (runs_fused_align(p, kCtas)) {
+    __syncthreads();  // no thread reads the weight boxes any more (fc2 was the last)
+    fused_align<Shape::kThreads>(p, s.fc_w);
   }
 }
 

@@ -441,4 +441,11 @@ const char* launch_zaya_router(const ZayaRouterParams& params, StreamHandle stre
   return gfx942::launch_plan<1, true>(params, plan, stream);
 }
 
+// The align as a launch of its own after the router (on CDNA3 no kernel polls the workspace, which
+// stays zero): HIP has no programmatic dependent launch to overlap the two anyway.
+const char* launch_zaya_route(const ZayaRouterParams& params, StreamHandle stream_handle) {
+  if (const char* error = launch_zaya_router(params, stream_handle)) return error;
+  return launch_moe_align(params.align, stream_handle);
+}
+
 }  // namespace zk

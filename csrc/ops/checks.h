@@ -28,6 +28,7 @@ inline std::string to_text(at::ScalarType t) {
     case at::kHalf: return "torch.float16";
     case at::kInt: return "torch.int32";
     case at::kLong: return "torch.int64";
+    case at::kByte: return "torch.uint8";
     default: return std::string("torch.") + c10::toString(t);
   }
 }

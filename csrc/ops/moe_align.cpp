@@ -10,6 +10,7 @@
 
 #include "../common/launch.h"
 #include "checks.h"
+#include "routing.h"
 
 namespace zk {
 namespace {
@@ -20,18 +21,18 @@ int64_t align_capacity(int64_t num_pairs, int64_t num_experts, int64_t block_m) 
   return num_pairs + num_experts * (block_m - 1);
 }
 
-void moe_align_out(const at::Tensor& ids,  // [T, k] int32
-                   int64_t num_experts, int64_t block_m,
-                   at::Tensor& sorted_token_ids,  // [T*k + E*(block_m-1)] int32
-                   at::Tensor& block_expert_ids,  // [ceil(capacity / block_m)] int32
-                   at::Tensor& expert_offsets,    // [E+1] int32
-                   at::Tensor& num_padded) {      // [1] int32
-  check_dim(kOp, "ids", ids, 2);
-  check_dtype(kOp, "ids", ids, at::kInt);
-  check_last_dim_contiguous(kOp, "ids", ids);
-  ZK_CHECK(num_experts >= 1 && num_experts <= kAlignMaxExperts, kOp, ": num_experts must be in 1..",
+}  // namespace
+
+MoeAlignParams moe_align_params(const char* op, const at::Tensor& ids, int64_t num_experts, int64_t block_m,
+                                const at::Tensor& sorted_token_ids, const at::Tensor& block_expert_ids,
+                                const at::Tensor& expert_offsets, const at::Tensor& num_padded,
+                                at::Tensor& chunk_counts) {
+  check_dim(op, "ids", ids, 2);
+  check_dtype(op, "ids", ids, at::kInt);
+  check_last_dim_contiguous(op, "ids", ids);
+  ZK_CHECK(num_experts >= 1 && num_experts <= kAlignMaxExperts, op, ": num_experts must be in 1..",
               kAlignMaxExperts, ", got ", num_experts);
-  ZK_CHECK(block_m >= 1, kOp, ": block_m must be >= 1, got ", block_m);
+  ZK_CHECK(block_m >= 1, op, ": block_m must be >= 1, got ", block_m);
   const int64_t num_tokens = ids.size(0);
   const int64_t num_pairs = ids.numel();
   // int32 indices in the kernels: slots up to the capacity plus one block_m (the last block's first
@@ -43,34 +44,32 @@ void moe_align_out(const at::Tensor& ids,  // [T, k] int32
   ZK_CHECK(num_pairs < kInt32Max / 2 && block_m < kInt32Max / 4 &&
                   align_capacity(num_pairs, num_experts, block_m) + block_m + kIndexSlack < kInt32Max &&
                   num_pairs + align_chunk_pairs(num_pairs, static_cast<int32_t>(num_experts)) < kInt32Max,
-              kOp, ": T*k + E*(block_m-1) must fit int32, got T*k=", num_pairs, ", E=", num_experts, ", block_m=",
+              op, ": T*k + E*(block_m-1) must fit int32, got T*k=", num_pairs, ", E=", num_experts, ", block_m=",
               block_m);
   const int64_t capacity = align_capacity(num_pairs, num_experts, block_m);
   const int64_t num_blocks = (capacity + block_m - 1) / block_m;
-  check_same_device(kOp, "sorted_token_ids", sorted_token_ids, ids);
-  check_dtype(kOp, "sorted_token_ids", sorted_token_ids, at::kInt);
-  check_shape(kOp, "sorted_token_ids", sorted_token_ids, {capacity});
-  check_contiguous(kOp, "sorted_token_ids", sorted_token_ids);
-  check_same_device(kOp, "block_expert_ids", block_expert_ids, ids);
-  check_dtype(kOp, "block_expert_ids", block_expert_ids, at::kInt);
-  check_shape(kOp, "block_expert_ids", block_expert_ids, {num_blocks});
-  check_contiguous(kOp, "block_expert_ids", block_expert_ids);
-  check_same_device(kOp, "expert_offsets", expert_offsets, ids);
-  check_dtype(kOp, "expert_offsets", expert_offsets, at::kInt);
-  check_shape(kOp, "expert_offsets", expert_offsets, {num_experts + 1});
-  check_contiguous(kOp, "expert_offsets", expert_offsets);
-  check_same_device(kOp, "num_padded", num_padded, ids);
-  check_dtype(kOp, "num_padded", num_padded, at::kInt);
-  check_shape(kOp, "num_padded", num_padded, {1});
+  check_same_device(op, "sorted_token_ids", sorted_token_ids, ids);
+  check_dtype(op, "sorted_token_ids", sorted_token_ids, at::kInt);
+  check_shape(op, "sorted_token_ids", sorted_token_ids, {capacity});
+  check_contiguous(op, "sorted_token_ids", sorted_token_ids);
+  check_same_device(op, "block_expert_ids", block_expert_ids, ids);
+  check_dtype(op, "block_expert_ids", block_expert_ids, at::kInt);
+  check_shape(op, "block_expert_ids", block_expert_ids, {num_blocks});
+  check_contiguous(op, "block_expert_ids", block_expert_ids);
+  check_same_device(op, "expert_offsets", expert_offsets, ids);
+  check_dtype(op, "expert_offsets", expert_offsets, at::kInt);
+  check_shape(op, "expert_offsets", expert_offsets, {num_experts + 1});
+  check_contiguous(op, "expert_offsets", expert_offsets);
+  check_same_device(op, "num_padded", num_padded, ids);
+  check_dtype(op, "num_padded", num_padded, at::kInt);
+  check_shape(op, "num_padded", num_padded, {1});
 
-  const c10::cuda::CUDAGuard device_guard(ids.device());
   // One CTA per chunk (params.h align_chunk_pairs): one chunk up to align_one_cta_max_pairs(E) pairs
   // (4096 for E <= 64), else chunks of 1024 pairs (or whole multiples, at most align_max_chunks(E)
   // of them). The chunked path needs the [E, num_chunks] int32 chunk totals that its counting launch
   // writes and its sorting launch reads: at most kAlignMaxChunkCounts entries (32 KB).
   const int64_t chunk_pairs = align_chunk_pairs(num_pairs, static_cast<int32_t>(num_experts));
   const int64_t num_chunks = align_num_chunks(num_pairs, static_cast<int32_t>(num_experts));
-  at::Tensor chunk_counts;
   if (num_chunks > 1) chunk_counts = at::empty({num_experts, num_chunks}, ids.options());
 
   MoeAlignParams params{};
@@ -89,6 +88,21 @@ void moe_align_out(const at::Tensor& ids,  // [T, k] int32
   params.num_blocks = static_cast<int32_t>(num_blocks);
   params.chunk_pairs = static_cast<int32_t>(chunk_pairs);
   params.num_chunks = static_cast<int32_t>(num_chunks);
+  return params;
+}
+
+namespace {
+
+void moe_align_out(const at::Tensor& ids,  // [T, k] int32
+                   int64_t num_experts, int64_t block_m,
+                   at::Tensor& sorted_token_ids,  // [T*k + E*(block_m-1)] int32
+                   at::Tensor& block_expert_ids,  // [ceil(capacity / block_m)] int32
+                   at::Tensor& expert_offsets,    // [E+1] int32
+                   at::Tensor& num_padded) {      // [1] int32
+  const c10::cuda::CUDAGuard device_guard(ids.device());
+  at::Tensor chunk_counts;
+  const MoeAlignParams params = moe_align_params(kOp, ids, num_experts, block_m, sorted_token_ids, block_expert_ids,
+                                                 expert_offsets, num_padded, chunk_counts);
   check_launch(kOp, launch_moe_align(params, c10::cuda::getCurrentCUDAStream().stream()));
 }
 

@@ -13,40 +13,41 @@
 
 #include "../common/launch.h"
 #include "checks.h"
+#include "routing.h"
 
 namespace zk {
 namespace {
 
 constexpr const char* kOp = "zaya::zaya_router";
 
-void check_param(const char* name, const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype,
+void check_param(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype,
                  std::vector<int64_t> shape) {
-  check_same_device(kOp, name, t, x);
-  ZK_CHECK(t.scalar_type() == dtype, kOp, ": ", name, " must be ", dtype,
+  check_same_device(op, name, t, x);
+  ZK_CHECK(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype,
               " (the kernel takes the router's parameters as stored), got ", t.scalar_type());
-  check_shape(kOp, name, t, std::move(shape));
-  check_contiguous(kOp, name, t);
-  ZK_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, kOp, ": ", name,
+  check_shape(op, name, t, std::move(shape));
+  check_contiguous(op, name, t);
+  ZK_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, op, ": ", name,
               " must start on a 16-byte boundary (TMA), got address ", t.data_ptr());
 }
 
 // Row-major [T, C] activations with 16-byte aligned rows: contiguous last dim, row stride a multiple of 8.
-void check_rows(const char* name, const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype,
+void check_rows(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x, at::ScalarType dtype,
                 std::vector<int64_t> shape) {
-  check_same_device(kOp, name, t, x);
-  check_dtype(kOp, name, t, dtype);
-  check_shape(kOp, name, t, std::move(shape));
-  check_last_dim_contiguous(kOp, name, t);
-  ZK_CHECK(t.size(0) <= 1 || t.stride(0) % 8 == 0, kOp, ": ", name,
+  check_same_device(op, name, t, x);
+  check_dtype(op, name, t, dtype);
+  check_shape(op, name, t, std::move(shape));
+  check_last_dim_contiguous(op, name, t);
+  ZK_CHECK(t.size(0) <= 1 || t.stride(0) % 8 == 0, op, ": ", name,
               " rows must be 16-byte aligned (row stride a multiple of 8 elements), got strides ",
               shape_str(t.strides()));
-  ZK_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, kOp, ": ", name,
+  ZK_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, op, ": ", name,
               " must start on a 16-byte boundary, got address ", t.data_ptr());
 }
 
 // Variant by token count; ZAYA_ROUTER_VARIANT=cluster|split|tile forces one (benchmarks measure the
-// crossover), split16|split16c|split32|split48 the split variant with one group shape (tests).
-void choose_variant(int64_t num_tokens, ZayaRouterParams& params) {
+// crossover), split16|split16p|split16c|split32|split48 the split variant with one group shape (tests).
+void choose_variant(const char* op, int64_t num_tokens, ZayaRouterParams& params) {
   params.split_group = SplitGroup::kAuto;
   if (const char* forced = std::getenv("ZAYA_ROUTER_VARIANT"); forced != nullptr && forced[0] != '\0') {
     constexpr struct {
@@ -57,6 +58,7 @@ void choose_variant(int64_t num_tokens, ZayaRouterParams& params) {
                    {"tile", ZayaRouterVariant::kTile, SplitGroup::kAuto},
                    {"split", ZayaRouterVariant::kSplit, SplitGroup::kAuto},
                    {"split16", ZayaRouterVariant::kSplit, SplitGroup::k16},
+                   {"split16p", ZayaRouterVariant::kSplit, SplitGroup::k16Pair},
                    {"split16c", ZayaRouterVariant::kSplit, SplitGroup::k16Compact},
                    {"split32", ZayaRouterVariant::kSplit, SplitGroup::k32},
                    {"split48", ZayaRouterVariant::kSplit, SplitGroup::k48}};
@@ -67,7 +69,7 @@ void choose_variant(int64_t num_tokens, ZayaRouterParams& params) {
         return;
       }
     }
-    ZK_CHECK(false, kOp, ": ZAYA_ROUTER_VARIANT must be cluster, tile, split, split16, split16c, split32, split48 ",
+    ZK_CHECK(false, op, ": ZAYA_ROUTER_VARIANT must be cluster, tile, split, split16, split16p, split16c, split32, split48 ",
              "or unset, got '", forced, "'");
   }
   if (num_tokens <= kRouterClusterMaxTokens) {
@@ -77,60 +79,51 @@ void choose_variant(int64_t num_tokens, ZayaRouterParams& params) {
   }
 }
 
-void zaya_router_out(const at::Tensor& x,                     // [T, H] bf16
-                     const std::optional<at::Tensor>& r_prev,  // [T, R] bf16
-                     const at::Tensor& down_w,                // [R, H] bf16
-                     const at::Tensor& down_b,                // [R] bf16
-                     const std::optional<at::Tensor>& eda_scale,  // [R] bf16
-                     const at::Tensor& norm_w,                // [R] bf16
-                     const at::Tensor& fc1_w,                 // [R, R] bf16
-                     const at::Tensor& fc1_b,                 // [R] bf16
-                     const at::Tensor& fc2_w,                 // [R, R] bf16
-                     const at::Tensor& fc2_b,                 // [R] bf16
-                     const at::Tensor& out_w,                 // [E', R] bf16
-                     const at::Tensor& balancing_bias,        // [E'] fp32
-                     double eps,
-                     at::Tensor& weights,                     // [T, 1] fp32
-                     at::Tensor& ids,                         // [T, 1] int32
-                     at::Tensor& r_out) {                     // [T, R] bf16
-  check_dim(kOp, "x", x, 2);
-  check_dim(kOp, "down_w", down_w, 2);
-  check_dim(kOp, "out_w", out_w, 2);
+}  // namespace
+
+ZayaRouterParams zaya_router_params(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& r_prev,
+                                    const at::Tensor& down_w, const at::Tensor& down_b,
+                                    const std::optional<at::Tensor>& eda_scale, const at::Tensor& norm_w,
+                                    const at::Tensor& fc1_w, const at::Tensor& fc1_b, const at::Tensor& fc2_w,
+                                    const at::Tensor& fc2_b, const at::Tensor& out_w, const at::Tensor& balancing_bias,
+                                    double eps, const at::Tensor& weights, const at::Tensor& ids,
+                                    const at::Tensor& r_out) {
+  check_dim(op, "x", x, 2);
+  check_dim(op, "down_w", down_w, 2);
+  check_dim(op, "out_w", out_w, 2);
   const int64_t num_tokens = x.size(0);
   const int64_t hidden = x.size(1);
   const int64_t routes = out_w.size(0);
-  ZK_CHECK(down_w.size(0) == kRouterWidth, kOp, ": the kernel needs the router width R = ", kRouterWidth,
+  ZK_CHECK(down_w.size(0) == kRouterWidth, op, ": the kernel needs the router width R = ", kRouterWidth,
               " (down_w [R, H]), got down_w of shape ", shape_str(down_w.sizes()));
-  ZK_CHECK(hidden % kRouterHiddenStep == 0 && hidden >= kRouterHiddenStep && hidden <= kRouterMaxHidden, kOp,
+  ZK_CHECK(hidden % kRouterHiddenStep == 0 && hidden >= kRouterHiddenStep && hidden <= kRouterMaxHidden, op,
               ": the kernel needs H (x.size(1)) a multiple of ", kRouterHiddenStep, " in [", kRouterHiddenStep,
               ", ", kRouterMaxHidden, "], got ", hidden);
-  ZK_CHECK(routes >= 2 && routes <= kRouterMaxRoutes, kOp, ": out_w must have 2..", kRouterMaxRoutes,
+  ZK_CHECK(routes >= 2 && routes <= kRouterMaxRoutes, op, ": out_w must have 2..", kRouterMaxRoutes,
               " rows (experts + skip route), got ", routes);
-  check_rows("x", x, x, at::kBFloat16, {num_tokens, hidden});
-  check_param("down_w", down_w, x, at::kBFloat16, {kRouterWidth, hidden});
-  check_param("down_b", down_b, x, at::kBFloat16, {kRouterWidth});
-  check_param("norm_w", norm_w, x, at::kBFloat16, {kRouterWidth});
-  check_param("fc1_w", fc1_w, x, at::kBFloat16, {kRouterWidth, kRouterWidth});
-  check_param("fc1_b", fc1_b, x, at::kBFloat16, {kRouterWidth});
-  check_param("fc2_w", fc2_w, x, at::kBFloat16, {kRouterWidth, kRouterWidth});
-  check_param("fc2_b", fc2_b, x, at::kBFloat16, {kRouterWidth});
-  check_param("out_w", out_w, x, at::kBFloat16, {routes, kRouterWidth});
-  check_param("balancing_bias", balancing_bias, x, at::kFloat, {routes});
+  check_rows(op, "x", x, x, at::kBFloat16, {num_tokens, hidden});
+  check_param(op, "down_w", down_w, x, at::kBFloat16, {kRouterWidth, hidden});
+  check_param(op, "down_b", down_b, x, at::kBFloat16, {kRouterWidth});
+  check_param(op, "norm_w", norm_w, x, at::kBFloat16, {kRouterWidth});
+  check_param(op, "fc1_w", fc1_w, x, at::kBFloat16, {kRouterWidth, kRouterWidth});
+  check_param(op, "fc1_b", fc1_b, x, at::kBFloat16, {kRouterWidth});
+  check_param(op, "fc2_w", fc2_w, x, at::kBFloat16, {kRouterWidth, kRouterWidth});
+  check_param(op, "fc2_b", fc2_b, x, at::kBFloat16, {kRouterWidth});
+  check_param(op, "out_w", out_w, x, at::kBFloat16, {routes, kRouterWidth});
+  check_param(op, "balancing_bias", balancing_bias, x, at::kFloat, {routes});
   if (r_prev.has_value()) {
-    check_rows("r_prev", *r_prev, x, at::kBFloat16, {num_tokens, kRouterWidth});
-    ZK_CHECK(eda_scale.has_value(), kOp, ": eda_scale is required when r_prev is given");
+    check_rows(op, "r_prev", *r_prev, x, at::kBFloat16, {num_tokens, kRouterWidth});
+    ZK_CHECK(eda_scale.has_value(), op, ": eda_scale is required when r_prev is given");
   }
-  if (eda_scale.has_value()) check_param("eda_scale", *eda_scale, x, at::kBFloat16, {kRouterWidth});
-  check_same_device(kOp, "weights", weights, x);
-  check_dtype(kOp, "weights", weights, at::kFloat);
-  check_shape(kOp, "weights", weights, {num_tokens, 1});
-  check_same_device(kOp, "ids", ids, x);
-  check_dtype(kOp, "ids", ids, at::kInt);
-  check_shape(kOp, "ids", ids, {num_tokens, 1});
-  check_rows("r_out", r_out, x, at::kBFloat16, {num_tokens, kRouterWidth});
-  if (num_tokens == 0) return;
+  if (eda_scale.has_value()) check_param(op, "eda_scale", *eda_scale, x, at::kBFloat16, {kRouterWidth});
+  check_same_device(op, "weights", weights, x);
+  check_dtype(op, "weights", weights, at::kFloat);
+  check_shape(op, "weights", weights, {num_tokens, 1});
+  check_same_device(op, "ids", ids, x);
+  check_dtype(op, "ids", ids, at::kInt);
+  check_shape(op, "ids", ids, {num_tokens, 1});
+  check_rows(op, "r_out", r_out, x, at::kBFloat16, {num_tokens, kRouterWidth});
 
-  const c10::cuda::CUDAGuard device_guard(x.device());
   auto bf16 = [](const at::Tensor& t) { return static_cast<const uint16_t*>(t.data_ptr()); };
   ZayaRouterParams params{};
   params.x = bf16(x);
@@ -157,14 +150,44 @@ void zaya_router_out(const at::Tensor& x,                     // [T, H] bf16
   params.hidden = static_cast<int32_t>(hidden);
   params.num_routes = static_cast<int32_t>(routes);
   params.eps = static_cast<float>(eps);
-  choose_variant(num_tokens, params);
+  choose_variant(op, num_tokens, params);
+  return params;
+}
+
+at::Tensor zaya_router_scratch(ZayaRouterParams& params, const at::Tensor& x) {
   // The backend's scratch (the split variant's fp32 partial sums, 4 KB per token), from the caching
   // allocator: stream-ordered, so it is reused only after these kernels.
-  at::Tensor workspace;
+  at::Tensor scratch;
   if (const int64_t bytes = zaya_router_workspace_bytes(params); bytes > 0) {
-    workspace = at::empty({bytes / static_cast<int64_t>(sizeof(float))}, x.options().dtype(at::kFloat));
-    params.partials = workspace.data_ptr<float>();
+    scratch = at::empty({bytes / static_cast<int64_t>(sizeof(float))}, x.options().dtype(at::kFloat));
+    params.partials = scratch.data_ptr<float>();
   }
+  return scratch;
+}
+
+namespace {
+
+void zaya_router_out(const at::Tensor& x,                     // [T, H] bf16
+                     const std::optional<at::Tensor>& r_prev,  // [T, R] bf16
+                     const at::Tensor& down_w,                // [R, H] bf16
+                     const at::Tensor& down_b,                // [R] bf16
+                     const std::optional<at::Tensor>& eda_scale,  // [R] bf16
+                     const at::Tensor& norm_w,                // [R] bf16
+                     const at::Tensor& fc1_w,                 // [R, R] bf16
+                     const at::Tensor& fc1_b,                 // [R] bf16
+                     const at::Tensor& fc2_w,                 // [R, R] bf16
+                     const at::Tensor& fc2_b,                 // [R] bf16
+                     const at::Tensor& out_w,                 // [E', R] bf16
+                     const at::Tensor& balancing_bias,        // [E'] fp32
+                     double eps,
+                     at::Tensor& weights,                     // [T, 1] fp32
+                     at::Tensor& ids,                         // [T, 1] int32
+                     at::Tensor& r_out) {                     // [T, R] bf16
+  ZayaRouterParams params = zaya_router_params(kOp, x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w,
+                                               fc2_b, out_w, balancing_bias, eps, weights, ids, r_out);
+  if (params.num_tokens == 0) return;
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const at::Tensor scratch = zaya_router_scratch(params, x);
   check_launch(kOp, launch_zaya_router(params, c10::cuda::getCurrentCUDAStream().stream()));
 }
 

@@ -198,10 +198,9 @@ class MoE(nn.Module):
         """x [n, H] bf16 -> out [n, H] bf16. eda_in [n, R] bf16 is the previous MoE layer's router state
         (None in the first MoE layer); this layer's state goes to eda_out [n, R] bf16."""
         r = self.router
-        ops.run("zaya_router", x, eda_in, r.down_weight, r.down_bias, r.eda_scale, r.norm_weight, r.fc1_weight,
-                r.fc1_bias, r.fc2_weight, r.fc2_bias, r.out_weight, r.balancing_biases, self.eps,
-                out=(ws.route_weights, ws.route_ids, eda_out))
-        ops.run("moe_align", ws.route_ids, self.num_experts, MOE_BLOCK_M, out=ws.align_buffers())
+        ops.run("zaya_route", x, eda_in, r.down_weight, r.down_bias, r.eda_scale, r.norm_weight, r.fc1_weight,
+                r.fc1_bias, r.fc2_weight, r.fc2_bias, r.out_weight, r.balancing_biases, ws.route_workspace,
+                MOE_BLOCK_M, self.eps, out=(ws.route_weights, ws.route_ids, eda_out) + ws.align_buffers())
         ops.run("moe_mlp", x, ws.route_weights, ws.route_ids, ws.sorted_token_ids, ws.expert_offsets,
                 self.w_fc1, self.w_fc2, self.skip_mode, out=out)
         return out

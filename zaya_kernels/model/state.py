@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ops import route_workspace
 from .config import ZayaConfig
 
 # moe_align pads each expert's segment to this many rows (the grouped GEMM's M tile). The reference
@@ -64,6 +65,7 @@ class Workspace:
         self.block_expert_ids = torch.empty((capacity + MOE_BLOCK_M - 1) // MOE_BLOCK_M, dtype=i32, device=dev)
         self.expert_offsets = torch.empty(config.num_experts + 1, dtype=i32, device=dev)
         self.num_padded = torch.empty(1, dtype=i32, device=dev)
+        self.route_workspace = route_workspace(dev)                                   # zaya_route's, zero between calls
         logits_dtype = fp32 if config.fp32_logits else bf16
         self.logits = torch.empty(logits_rows, config.vocab_size, dtype=logits_dtype, device=dev)  # [rows, V]
 
