@@ -58,9 +58,11 @@ ZK_DEVICE bool runs_fused_align(const ZayaRouterParams& p, int cluster_size) {
 // The sort, for k = 1 and T <= 1024 (moe_align's contract, params.h MoeAlignParams, without its
 // generality): chunk c of 32 tokens is one warp step, __match_any_sync gives each token its rank among
 // the chunk's tokens of its expert, lane e of warp 0 turns the per-chunk counts into the slot of each
-// expert's first token in each chunk. Its critical path is ~4 dependent shared-memory round trips
-// and one shuffle scan (moe_align's general one-CTA sort, 5 ballots per step and a scan per warp, took
-// 1.4 us for one token and 2.7 us for 960 inside this kernel: H200 timeline).
+// expert's first token in each chunk. Why not moe_align's one-CTA sort on the CTA's warps: that took
+// the same time here (H200, graph) and made each router kernel 1.1-2K instructions longer than this
+// one does (SASS: 5 ballots per walk step, a branch-free and a guarded walk). What the phases cost (route at T = 1 / 1024, us): the poll
+// 0.3 / 0.4, the counts 0.3 / 0.4, warp 0's scan 0.7 / 0.6, the stores 0.6 / 0.8, the last two mostly
+// the grid's end waiting for their writes (bench/NOTES.md).
 // Called by every thread of the waiting CTA after its own outputs; `scratch`: shared memory that no
 // thread reads or writes any more.
 template <int kThreads, class Scratch>
