@@ -228,6 +228,7 @@ __global__ void __cluster_dims__(kRouterClusterSize, 1, 1) __launch_bounds__(kCl
       tma_load_2d(smem_addr(s.fc2_w[b]), &maps.fc2_w, 64 * b, kClusterSlice * rank, bar);
     }
   }
+  if (runs_fused_align(p, kRouterClusterSize)) prefill_fused_align_outputs(p, thread, kClusterThreads);
   ClusterPrefetch<kRows> f;
   prefetch_weights<kRows>(p, rank, thread, f);
   wait_for_prerequisite_grids();

@@ -55,14 +55,25 @@ ZK_DEVICE bool runs_fused_align(const ZayaRouterParams& p, int cluster_size) {
   return p.route_ready != nullptr && blockIdx.x == gridDim.x - cluster_size;
 }
 
+// By every thread of the waiting CTA at the kernel's start: what does not depend on the routes, every
+// slot the padding value T and every block -1 (of no expert), so that after the last route only the
+// tokens' slots and the segments' blocks are left to store (T = 1, block_m = 64: 1 slot and 1 block
+// instead of 1009 and 16). The sort's stores come after this CTA's barriers, so they land later.
+ZK_DEVICE void prefill_fused_align_outputs(const ZayaRouterParams& p, int thread, int threads) {
+  const MoeAlignParams& a = p.align;
+  for (int32_t slot = thread; slot < a.capacity; slot += threads) a.sorted_token_ids[slot] = a.num_tokens;
+  for (int32_t block = thread; block < a.num_blocks; block += threads) a.block_expert_ids[block] = -1;
+}
+
 // The sort, for k = 1 and T <= 1024 (moe_align's contract, params.h MoeAlignParams, without its
 // generality): chunk c of 32 tokens is one warp step, __match_any_sync gives each token its rank among
 // the chunk's tokens of its expert, lane e of warp 0 turns the per-chunk counts into the slot of each
 // expert's first token in each chunk. Why not moe_align's one-CTA sort on the CTA's warps: that took
 // the same time here (H200, graph) and made each router kernel 1.1-2K instructions longer than this
-// one does (SASS: 5 ballots per walk step, a branch-free and a guarded walk). What the phases cost (route at T = 1 / 1024, us): the poll
-// 0.3 / 0.4, the counts 0.3 / 0.4, warp 0's scan 0.7 / 0.6, the stores 0.6 / 0.8, the last two mostly
-// the grid's end waiting for their writes (bench/NOTES.md).
+// one does (SASS: 5 ballots per walk step, a branch-free and a guarded walk). What the phases cost
+// (route at T = 1 / 1024, us, before the prefill): the poll 0.3 / 0.4, the counts 0.3 / 0.4, warp 0's
+// scan 0.7 / 0.6, the stores 0.6 / 0.8, the last two mostly the grid's end waiting for their writes
+// (bench/NOTES.md).
 // Called by every thread of the waiting CTA after its own outputs; `scratch`: shared memory that no
 // thread reads or writes any more.
 template <int kThreads, class Scratch>
@@ -168,7 +179,8 @@ ZK_DEVICE void fused_align(const ZayaRouterParams& p, Scratch& scratch) {
   }
   __syncthreads();
 
-  // ---- every output: the tokens' slots, each expert's padding and blocks, the tail past num_padded
+  // ---- the rest of the outputs (prefill_fused_align_outputs wrote the padding slots and blocks): the
+  // tokens' slots and each expert's blocks
 #pragma unroll
   for (int i = 0; i < kChunksPerWarp; ++i) {
     const int c = warp + i * kWarps;
@@ -176,16 +188,8 @@ ZK_DEVICE void fused_align(const ZayaRouterParams& p, Scratch& scratch) {
   }
   for (int e = warp; e < a.num_experts; e += kWarps) {
     const int32_t first = s.first_block[e], end_block = first + s.blocks[e];
-    for (int32_t slot = first * a.block_m + s.total[e] + lane; slot < end_block * a.block_m; slot += 32) {
-      a.sorted_token_ids[slot] = tokens;
-    }
     for (int32_t block = first + lane; block < end_block; block += 32) a.block_expert_ids[block] = e;
   }
-  const int32_t padded_blocks = s.padded_blocks;
-  for (int32_t slot = padded_blocks * a.block_m + thread; slot < a.capacity; slot += kThreads) {
-    a.sorted_token_ids[slot] = tokens;
-  }
-  for (int32_t block = padded_blocks + thread; block < a.num_blocks; block += kThreads) a.block_expert_ids[block] = -1;
 }
 
 }  // namespace sm90

@@ -290,6 +290,7 @@ __global__ void __cluster_dims__(Shape::kClusterCtas, 1, 1)
   }
   cluster_arrive_relaxed();  // after the barrier init; waited for before the first DSMEM store
   __syncthreads();
+  if (runs_fused_align(p, kCtas)) prefill_fused_align_outputs(p, thread, Shape::kThreads);
   if (lane == 0) {  // weights first (they do not depend on the down kernel): one box per warp
     const uint32_t bar = smem_addr(&s.weights_ready);
     const CUtensorMap* map = warp < kMlpLayerBoxes ? &maps.fc1_w : &maps.fc2_w;
