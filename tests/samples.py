@@ -30,8 +30,9 @@ def sample(op: str, device="cpu", seed: int = 0):
         (args, outs), t, bm = sample("zaya_router", device, seed), 6, 4
         cap = t + 16 * (bm - 1)
         return args[:-1] + (torch.zeros(1024, dtype=torch.uint8, device=device), bm, 1e-5), {
-            **outs, "sorted_token_ids": empty(cap, dtype=torch.int32), "block_expert_ids": empty(-(-cap // bm), dtype=torch.int32),
-            "expert_offsets": empty(17, dtype=torch.int32), "num_padded": empty(1, dtype=torch.int32)}
+            **outs, "sorted_token_ids": empty(cap, dtype=torch.int32),
+            "block_expert_ids": empty(-(-cap // bm), dtype=torch.int32), "expert_offsets": empty(17, dtype=torch.int32),
+            "num_padded": empty(1, dtype=torch.int32)}
     if op == "moe_align":
         ids = torch.randint(0, 17, (9, 2), generator=g, dtype=torch.int32).to(device)
         cap = 18 + 16 * 3

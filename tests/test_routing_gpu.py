@@ -113,6 +113,10 @@ def variants():
     return ("auto", "cluster", "split", "tile")
 
 
+# Every variant and every split token-group shape, forced through ZAYA_ROUTER_VARIANT.
+FORCED_VARIANTS = ("cluster", "split", "tile", "split16", "split16p", "split16c", "split32", "split48")
+
+
 @pytest.fixture
 def router_variant(request, monkeypatch):
     variant = request.param
@@ -130,8 +134,7 @@ def test_router_matches_reference(tokens, router_variant, cuda_gen):
     check_router(ops.zaya_router(*router_args(x, r_prev, w)), x, r_prev, w)
 
 
-@pytest.mark.parametrize("router_variant", ["cluster", "split", "tile", "split16", "split16p", "split16c", "split32", "split48"],
-                         indirect=True)
+@pytest.mark.parametrize("router_variant", FORCED_VARIANTS, indirect=True)
 @pytest.mark.parametrize("tokens", (1, 7, 100, 241, 700, 1000, 4096))
 def test_router_each_variant(tokens, router_variant, cuda_gen):
     """Every variant, and every token-group shape of the split variant, at sizes where the automatic
@@ -393,8 +396,7 @@ def test_route_matches_reference(tokens, router_variant, cuda_gen):
             assert torch.equal(got.nan_to_num(), want.nan_to_num())
 
 
-@pytest.mark.parametrize("router_variant", ["cluster", "split", "tile", "split16", "split16p", "split16c", "split32", "split48"],
-                         indirect=True)
+@pytest.mark.parametrize("router_variant", FORCED_VARIANTS, indirect=True)
 @pytest.mark.parametrize("tokens", (1, 7, 100, 241, 700, 1000, 1024))
 def test_route_each_variant(tokens, router_variant, cuda_gen):
     """The align inside every variant's last kernel (the tile variant: a launch of its own), every

@@ -24,6 +24,6 @@ if _C is not None:
                       route_workspace, topk_gating, zaya_route, zaya_router)
 
 __all__ = ["reference", "ops", "compiled_backend", "extension_loaded", "has_device_kernel", "topk_gating",
-           "zaya_router", "moe_align", "zaya_route", "route_workspace", "grouped_gemm", "moe_mlp", "cca_prep", "attention_prefill",
-           "attention_decode"]
+           "zaya_router", "moe_align", "zaya_route", "route_workspace", "grouped_gemm", "moe_mlp", "cca_prep",
+           "attention_prefill", "attention_decode"]
 __version__ = "0.1.0"

@@ -69,8 +69,8 @@ void choose_variant(const char* op, int64_t num_tokens, ZayaRouterParams& params
         return;
       }
     }
-    ZK_CHECK(false, op, ": ZAYA_ROUTER_VARIANT must be cluster, tile, split, split16, split16p, split16c, split32, split48 ",
-             "or unset, got '", forced, "'");
+    ZK_CHECK(false, op, ": ZAYA_ROUTER_VARIANT must be cluster, tile, split, split16, split16p, split16c, split32, ",
+             "split48 or unset, got '", forced, "'");
   }
   if (num_tokens <= kRouterClusterMaxTokens) {
     params.variant = ZayaRouterVariant::kCluster;
