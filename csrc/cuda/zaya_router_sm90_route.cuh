@@ -29,8 +29,6 @@ struct FusedAlignSmem {
                                          // scan) the slot of its first one there
   int32_t first_block[32];               // [expert]: its segment, blocks [first_block, + blocks)
   int32_t blocks[32];
-  int32_t total[32];                     // its tokens
-  int32_t padded_blocks;
 };
 
 ZK_DEVICE void store_relaxed_u8(uint8_t* address, uint32_t value) {
@@ -169,10 +167,8 @@ ZK_DEVICE void fused_align(const ZayaRouterParams& p, Scratch& scratch) {
     }
     s.first_block[lane] = first;
     s.blocks[lane] = blocks;
-    s.total[lane] = total;
     if (lane < a.num_experts) a.expert_offsets[lane] = first * a.block_m;
     if (lane == 0) {
-      s.padded_blocks = padded_blocks;
       a.expert_offsets[a.num_experts] = padded_blocks * a.block_m;
       a.num_padded[0] = padded_blocks * a.block_m;
     }

@@ -17,10 +17,6 @@ namespace {
 
 constexpr const char* kOp = "zaya::moe_align";
 
-int64_t align_capacity(int64_t num_pairs, int64_t num_experts, int64_t block_m) {
-  return num_pairs + num_experts * (block_m - 1);
-}
-
 }  // namespace
 
 MoeAlignParams moe_align_params(const char* op, const at::Tensor& ids, int64_t num_experts, int64_t block_m,

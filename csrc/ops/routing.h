@@ -27,6 +27,11 @@ ZayaRouterParams zaya_router_params(const char* op, const at::Tensor& x, const s
 // an undefined tensor when it needs none. Keep it alive until the launch is enqueued.
 at::Tensor zaya_router_scratch(ZayaRouterParams& params, const at::Tensor& x);
 
+// Slots of sorted_token_ids: every pair plus each expert's padding to a multiple of block_m.
+inline int64_t align_capacity(int64_t num_pairs, int64_t num_experts, int64_t block_m) {
+  return num_pairs + num_experts * (block_m - 1);
+}
+
 // ids [T, k] int32 and the outputs sorted_token_ids [T*k + E*(block_m-1)], block_expert_ids
 // [ceil(that / block_m)], expert_offsets [E+1], num_padded [1], all int32. chunk_counts receives the
 // [E, chunks] int32 scratch of the chunked path (allocated here when needed); keep it alive until the

@@ -71,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t width = down_w.dim() > 0 ? down_w.size(0) : 0;
   const int64_t experts = std::max<int64_t>(out_w.dim() > 0 ? out_w.size(0) - 1 : 1, 1);
   const int64_t bm = std::max<int64_t>(block_m, 1);
-  const int64_t capacity = num_tokens + experts * (bm - 1);
+  const int64_t capacity = align_capacity(num_tokens, experts, bm);
   const auto int32 = x.options().dtype(at::kInt);
   at::Tensor weights = at::empty({num_tokens, 1}, x.options().dtype(at::kFloat));
   at::Tensor ids = at::empty({num_tokens, 1}, int32);
