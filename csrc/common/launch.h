@@ -21,4 +21,13 @@ int64_t zaya_router_workspace_bytes(const ZayaRouterParams& params);
 // can (params.route_ready, see params.h), else as a second launch.
 const char* launch_zaya_route(const ZayaRouterParams& params, StreamHandle stream);
 
+
+// ---- experts launchers ----
+
+// ---- end experts launchers ----
+
+// ---- CCA attention launchers ----
+
+// ---- end CCA attention launchers ----
+
 }  // namespace zk

@@ -176,4 +176,12 @@ constexpr int64_t kRouterSplitMaxTokens = 1024;
 constexpr int64_t kRouteFusedMaxTokens = kRouterSplitMaxTokens;
 constexpr int64_t kRouteWorkspaceBytes = kRouteFusedMaxTokens;
 
+// ---- experts (grouped_gemm, moe_mlp): params below this line, owned by the experts kernels ----
+
+// ---- end experts ----
+
+// ---- CCA attention (cca_prep, attention_prefill, attention_decode): params below this line ----
+
+// ---- end CCA attention ----
+
 }  // namespace zk
