@@ -23,6 +23,10 @@ const char* launch_zaya_route(const ZayaRouterParams& params, StreamHandle strea
 
 
 // ---- experts launchers ----
+const char* launch_grouped_gemm(const GroupedGemmParams& params, StreamHandle stream);
+int64_t grouped_gemm_workspace_bytes(const GroupedGemmParams& params);  // params.workspace's size; 0: none
+const char* launch_moe_mlp(const MoeMlpParams& params, StreamHandle stream);
+int64_t moe_mlp_workspace_bytes(const MoeMlpParams& params);            // params.workspace's size; 0: none
 
 // ---- end experts launchers ----
 

@@ -178,9 +178,70 @@ constexpr int64_t kRouteWorkspaceBytes = kRouteFusedMaxTokens;
 
 // ---- experts (grouped_gemm, moe_mlp): params below this line, owned by the experts kernels ----
 
+// grouped_gemm: c[rows of expert e] = a[rows of expert e] @ w[e]^T for the row segments
+// [expert_offsets[e], expert_offsets[e+1]); rows outside every segment are written as zero.
+// The offsets live on the device (no host sync): kernels read them and derive each tile's expert.
+struct GroupedGemmParams {
+  const uint16_t* a;               // [M, K] bf16 bits, row stride a_row_stride, 16-byte aligned rows
+  int64_t a_row_stride;            // elements
+  const uint16_t* w;               // [E, N, K] bf16 bits, contiguous (nn.Linear layout: [out, in])
+  const int32_t* expert_offsets;   // [E + 1] int32, non-decreasing, offsets[0] >= 0, offsets[E] <= M
+  uint16_t* c;                     // [M, N] bf16 bits, row stride c_row_stride
+  int64_t c_row_stride;            // elements
+  int32_t m;                       // M rows of a and c
+  int32_t n;                       // N outputs per expert
+  int32_t k;                       // K, the reduction length
+  int32_t num_experts;             // E >= 1
+  void* workspace;                 // launcher-allocated scratch (grouped_gemm_workspace_bytes), or nullptr
+};
+
+enum class SkipMode : int32_t { kScaledInput = 0, kZero = 1 };
+
+// moe_mlp: y[t] = sum_j topk_weights[t, j] * expert_{ids[t, j]}(x[t]) (+ the skip route), with
+// expert_e(v) = W2_e (SiLU(v W1_e[:F]^T) * (v W1_e[F:]^T)) and the SwiGLU activation rounded to bf16
+// before fc2 (reference.moe_mlp). The schedule is moe_align's: sorted_token_ids holds pair indices
+// t*k + j grouped by expert, each expert's segment [expert_offsets[e], expert_offsets[e+1]) padded
+// to a multiple of block_m with the pad value T*k.
+struct MoeMlpParams {
+  const uint16_t* x;               // [T, H] bf16 bits, row stride x_row_stride
+  int64_t x_row_stride;            // elements
+  const float* topk_weights;       // [T, k] fp32, contiguous
+  const int32_t* topk_ids;         // [T, k] int32, contiguous; id == E: the skip route; others outside [0, E): none
+  const int32_t* sorted_token_ids; // [capacity] int32 pair indices t*k + j, padding T*k
+  const int32_t* expert_offsets;   // [E + 1] int32 padded segment starts (device), offsets[E] = num_padded
+  const uint16_t* w_fc1;           // [E, 2F, H] bf16 bits, contiguous: rows [0, F) gate, [F, 2F) up
+  const uint16_t* w_fc2;           // [E, H, F] bf16 bits, contiguous
+  uint16_t* out;                   // [T, H] bf16 bits, row stride out_row_stride
+  int64_t out_row_stride;          // elements
+  int32_t num_tokens;              // T >= 0
+  int32_t k;                       // slots per token, >= 1
+  int32_t hidden;                  // H
+  int32_t ffn;                     // F
+  int32_t num_experts;             // E
+  int32_t capacity;                // sorted_token_ids.numel() = T*k + E*(block_m - 1)
+  SkipMode skip_mode;
+  void* workspace;                 // launcher-allocated scratch (moe_mlp_workspace_bytes), or nullptr
+};
+
 // ---- end experts ----
 
 // ---- CCA attention (cca_prep, attention_prefill, attention_decode): params below this line ----
+
+// The paged KV cache of every attention op: k_cache / v_cache [num_pages, page_size, Hkv, D] bf16,
+// contiguous (vLLM's FlashAttention layout); block_table [B, max_pages] int32, row stride
+// block_table_row_stride; position p of sequence b lives at page block_table[b][p / page_size],
+// slot p % page_size.
+struct PagedKvCache {
+  uint16_t* k;                     // [num_pages, page_size, Hkv, D] bf16 bits
+  uint16_t* v;                     // same shape
+  const int32_t* block_table;      // [B, max_pages] int32
+  int64_t block_table_row_stride;  // elements
+  int32_t num_pages;
+  int32_t page_size;
+  int32_t max_pages;               // pages per block-table row
+  int32_t kv_heads;                // Hkv
+  int32_t head_dim;                // D
+};
 
 // ---- end CCA attention ----
 
