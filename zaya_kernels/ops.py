@@ -10,6 +10,7 @@ return the output tensors.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -22,7 +23,15 @@ _LIB = "zaya"
 
 
 # ---------------------------------------------------------------------------------------------
-# argument checks, shared by the CPU kernels and the fakes (the CUDA launchers mirror them in C++)
+# argument checks, shared by the CPU kernels and the fakes (the device launchers mirror them in C++)
+#
+# Two kinds, kept apart so that no device op ever reads its inputs back to the host:
+# - _check_<op>: shapes, dtypes, devices and scalar arguments. Run by the fake and by the CPU kernel;
+#   csrc/ops/<op>.cpp checks the same things, with the same words, before a launch.
+# - _values_<op>: checks that read tensor contents (cu_seqlens, offsets, seq_lens, page ids). Run by
+#   the CPU kernel only. On a GPU they would need a host sync, so there they are the caller's duty
+#   (each op's docstring says which); a device kernel given such input has undefined results.
+# Every message names the op and the argument, what was expected and what came.
 # ---------------------------------------------------------------------------------------------
 
 def _require(op: str, cond: bool, msg: str) -> None:
@@ -44,9 +53,59 @@ def _expect(op: str, name: str, t, *, dim: int | None = None, dtype=None, shape:
         _require(op, tuple(t.shape) == tuple(shape), f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
+def _finite_positive(op: str, name: str, value) -> None:
+    """A float scalar that must be a finite number > 0 (NaN fails both comparisons)."""
+    _require(op, isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+             f"{name} must be a finite number > 0, got {value}")
+
+
+def _values_offsets(op: str, name: str, offsets: Tensor, last_max: int, last_what: str) -> None:
+    """offsets [n+1] int32: every entry >= 0, non-decreasing, offsets[-1] <= last_max."""
+    v = offsets.tolist()
+    for i, value in enumerate(v):
+        _require(op, value >= 0, f"{name} must be >= 0, got {name}[{i}]={value}")
+        _require(op, i == 0 or value >= v[i - 1],
+                 f"{name} must be non-decreasing, got {name}[{i}]={value} < {name}[{i - 1}]={v[i - 1]}")
+    _require(op, not v or v[-1] <= last_max, f"{name}[-1] must be <= {last_what}={last_max}, got {v[-1] if v else 0}")
+
+
+def _values_cu_seqlens(op: str, name: str, cu_seqlens: Tensor, tokens: int, tokens_what: str) -> list[int]:
+    """cu_seqlens [B+1] int32: starts at 0, non-decreasing, ends at T (every row in exactly one sequence)."""
+    v = cu_seqlens.tolist()
+    _require(op, v[0] == 0, f"{name}[0] must be 0, got {v[0]}")
+    for i in range(1, len(v)):
+        _require(op, v[i] >= v[i - 1],
+                 f"{name} must be non-decreasing, got {name}[{i}]={v[i]} < {name}[{i - 1}]={v[i - 1]}")
+    _require(op, v[-1] == tokens, f"{name}[-1] must equal {tokens_what}={tokens}, got {v[-1]}")
+    return v
+
+
+def _values_pages(op: str, block_table: Tensor, seq: int, first: int, end: int, k_cache: Tensor, what: str) -> None:
+    """Positions [first, end) of sequence `seq` must fit its block-table row, and every page they use
+    must be a page of the cache (the kernels index the cache with these ids unchecked)."""
+    page_size, num_pages, max_pages = k_cache.shape[1], k_cache.shape[0], block_table.shape[1]
+    _require(op, end <= max_pages * page_size,
+             f"{what} of sequence {seq} reach position {end - 1}, past its block_table row's capacity "
+             f"max_pages*page_size = {max_pages}*{page_size} = {max_pages * page_size}")
+    if end <= first:
+        return
+    lo, hi = first // page_size, (end - 1) // page_size + 1
+    pages = block_table[seq, lo:hi]
+    bad = ((pages < 0) | (pages >= num_pages)).nonzero().flatten()
+    if bad.numel():
+        page = lo + int(bad[0])
+        _require(op, False, f"block_table[{seq}, {page}] = {int(block_table[seq, page])} must be a page of k_cache "
+                            f"(0..{num_pages - 1}): {what} of sequence {seq} use it")
+
+
 _FLOAT = (torch.bfloat16, torch.float16, torch.float32)
 _TOPK_MAX_EXPERTS = 256  # csrc/common/params.h kTopkMaxExperts
 _TOPK_MAX_K = 8          # kTopkMaxK
+_ALIGN_MAX_EXPERTS = 256  # csrc/common/params.h kAlignMaxExperts
+# csrc/ops/moe_align.cpp kIndexSlack = kAlignPassPairs * kAlignMaxChunks: the kernels index with int32, and
+# the capacity plus one block_m plus the grid-stride loops' overshoot must stay below 2^31.
+_ALIGN_INDEX_SLACK = 1024 * 128
+_INT32_MAX = 2**31 - 1
 
 
 def _check_topk_gating(logits, bias=None, k=1, renormalize=False, skip_index=-1):
@@ -55,7 +114,8 @@ def _check_topk_gating(logits, bias=None, k=1, renormalize=False, skip_index=-1)
     num_experts = logits.shape[1]
     _require(op, 1 <= num_experts <= _TOPK_MAX_EXPERTS,
              f"logits must have 1..{_TOPK_MAX_EXPERTS} columns, got {num_experts}")
-    _require(op, 1 <= k <= min(_TOPK_MAX_K, num_experts), f"k must be in 1..min({_TOPK_MAX_K}, E'={num_experts}), got {k}")
+    _require(op, 1 <= k <= min(_TOPK_MAX_K, num_experts),
+             f"k must be in 1..min({_TOPK_MAX_K}, E'={num_experts}), got {k}")
     _require(op, -1 <= skip_index < num_experts, f"skip_index must be -1 or in [0, {num_experts}), got {skip_index}")
     if bias is not None:
         _expect(op, "bias", bias, dtype=torch.float32, shape=(num_experts,), like=logits)
@@ -81,8 +141,11 @@ def _check_zaya_router(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_
     if r_prev is not None:
         _expect(op, "r_prev", r_prev, dtype=torch.bfloat16, shape=(tokens, width), like=x)
         _require(op, eda_scale is not None, "eda_scale is required when r_prev is given")
+    else:
+        _require(op, eda_scale is None, "eda_scale must be None when r_prev is None (no EDA term without r_prev)")
     if eda_scale is not None:
         _expect(op, "eda_scale", eda_scale, dtype=_FLOAT, shape=(width,), like=x)
+    _finite_positive(op, "eps", eps)
     return [((tokens, 1), torch.float32), ((tokens, 1), torch.int32), ((tokens, width), torch.bfloat16)]
 
 
@@ -93,11 +156,22 @@ def _align_outputs(num_pairs: int, num_experts: int, block_m: int):
             ((1,), torch.int32)]
 
 
+def _check_align_sizes(op: str, num_pairs: int, num_experts: int, block_m: int) -> None:
+    """moe_align's limits, before anything is allocated: E <= 256 (the GPU kernels' bound, the same on
+    every device so that one contract holds), and every slot index within int32."""
+    _require(op, 1 <= num_experts <= _ALIGN_MAX_EXPERTS,
+             f"num_experts must be in 1..{_ALIGN_MAX_EXPERTS}, got {num_experts}")
+    _require(op, block_m >= 1, f"block_m must be >= 1, got {block_m}")
+    capacity = num_pairs + num_experts * (block_m - 1)
+    _require(op, num_pairs < _INT32_MAX // 2 and block_m < _INT32_MAX // 4
+             and capacity + block_m + _ALIGN_INDEX_SLACK < _INT32_MAX,
+             f"T*k + E*(block_m-1) must fit int32, got T*k={num_pairs}, E={num_experts}, block_m={block_m}")
+
+
 def _check_moe_align(ids, num_experts, block_m):
     op = "moe_align"
     _expect(op, "ids", ids, dim=2, dtype=torch.int32)
-    _require(op, num_experts >= 1, f"num_experts must be >= 1, got {num_experts}")
-    _require(op, block_m >= 1, f"block_m must be >= 1, got {block_m}")
+    _check_align_sizes(op, ids.numel(), num_experts, block_m)
     return _align_outputs(ids.numel(), num_experts, block_m)
 
 
@@ -110,7 +184,7 @@ def _check_zaya_route(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b
     router = _check_zaya_router(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
                                 balancing_bias, eps, op=op)
     _expect(op, "workspace", workspace, dtype=torch.uint8, shape=(ROUTE_WORKSPACE_BYTES,), like=x)
-    _require(op, block_m >= 1, f"block_m must be >= 1, got {block_m}")
+    _check_align_sizes(op, x.shape[0], out_w.shape[0] - 1, block_m)
     return router + _align_outputs(x.shape[0], out_w.shape[0] - 1, block_m)
 
 
@@ -123,6 +197,10 @@ def _check_grouped_gemm(a, w, expert_offsets):
     return [((a.shape[0], w.shape[1]), a.dtype)]
 
 
+def _values_grouped_gemm(a, w, expert_offsets):
+    _values_offsets("grouped_gemm", "expert_offsets", expert_offsets, a.shape[0], "M (a.shape[0])")
+
+
 def _check_moe_mlp(x, topk_weights, topk_ids, sorted_token_ids, expert_offsets, w_fc1, w_fc2,
                    skip_mode="scaled_input"):
     op = "moe_mlp"
@@ -133,12 +211,26 @@ def _check_moe_mlp(x, topk_weights, topk_ids, sorted_token_ids, expert_offsets, 
     _require(op, topk_ids.shape[0] == tokens, f"topk_ids must have {tokens} rows, got {topk_ids.shape[0]}")
     _expect(op, "w_fc1", w_fc1, dim=3, dtype=torch.bfloat16, like=x)
     experts, two_f, _ = w_fc1.shape
-    _require(op, two_f % 2 == 0 and w_fc1.shape[2] == hidden, f"w_fc1 must be [E, 2F, H={hidden}], got {tuple(w_fc1.shape)}")
+    _require(op, two_f % 2 == 0 and w_fc1.shape[2] == hidden,
+             f"w_fc1 must be [E, 2F, H={hidden}], got {tuple(w_fc1.shape)}")
     _expect(op, "w_fc2", w_fc2, dtype=torch.bfloat16, shape=(experts, hidden, two_f // 2), like=x)
     _expect(op, "sorted_token_ids", sorted_token_ids, dim=1, dtype=torch.int32, like=x)
     _expect(op, "expert_offsets", expert_offsets, dtype=torch.int32, shape=(experts + 1,), like=x)
-    _require(op, skip_mode in reference.SKIP_MODES, f"skip_mode must be one of {reference.SKIP_MODES}, got {skip_mode!r}")
+    _require(op, skip_mode in reference.SKIP_MODES,
+             f"skip_mode must be one of {reference.SKIP_MODES}, got {skip_mode!r}")
     return [((tokens, hidden), x.dtype)]
+
+
+def _values_moe_mlp(x, topk_weights, topk_ids, sorted_token_ids, expert_offsets, w_fc1, w_fc2,
+                    skip_mode="scaled_input"):
+    op = "moe_mlp"
+    _values_offsets(op, "expert_offsets", expert_offsets, sorted_token_ids.shape[0],
+                    "sorted_token_ids.shape[0]")
+    pairs = topk_ids.numel()
+    bad = ((sorted_token_ids < 0) | (sorted_token_ids > pairs)).nonzero().flatten()
+    _require(op, bad.numel() == 0, f"sorted_token_ids must be pair indices in [0, T*k={pairs}] (T*k = padding), "
+                                   f"got sorted_token_ids[{int(bad[0]) if bad.numel() else 0}]="
+                                   f"{int(sorted_token_ids[bad[0]]) if bad.numel() else 0}")
 
 
 def _check_cca_prep(proj, cu_seqlens, seq_start, conv_state, value_state, conv1_w, conv1_b, conv2_w, conv2_b, temp,
@@ -152,7 +244,8 @@ def _check_cca_prep(proj, cu_seqlens, seq_start, conv_state, value_state, conv1_
     batch, channels, _ = conv_state.shape
     _require(op, channels % head_dim == 0 and channels // head_dim > kv_heads
              and (channels // head_dim - kv_heads) % kv_heads == 0,
-             f"conv_state must be [B, (Hq+Hkv)*D, 2] with Hq a multiple of Hkv={kv_heads}, got {tuple(conv_state.shape)}")
+             f"conv_state must be [B, (Hq+Hkv)*D, 2] with Hq a multiple of Hkv={kv_heads}, "
+             f"got {tuple(conv_state.shape)}")
     _expect(op, "conv_state", conv_state, shape=(batch, channels, 2))
     value_width = kv_heads * head_dim // 2
     _expect(op, "value_state", value_state, dtype=torch.float32, shape=(batch, value_width), like=k_cache)
@@ -169,8 +262,18 @@ def _check_cca_prep(proj, cu_seqlens, seq_start, conv_state, value_state, conv1_
     _require(op, block_table.shape[0] == batch, f"block_table must have B={batch} rows, got {block_table.shape[0]}")
     _require(op, 0 < rotary_dim <= head_dim and rotary_dim % 2 == 0,
              f"rotary_dim must be even and in (0, {head_dim}], got {rotary_dim}")
+    _finite_positive(op, "rope_theta", rope_theta)
     q_heads = channels // head_dim - kv_heads
     return [((proj.shape[0], q_heads, head_dim), torch.bfloat16)]
+
+
+def _values_cca_prep(proj, cu_seqlens, seq_start, conv_state, value_state, conv1_w, conv1_b, conv2_w, conv2_b, temp,
+                     k_cache, v_cache, block_table, rope_theta=5e6, rotary_dim=64):
+    op = "cca_prep"
+    cu = _values_cu_seqlens(op, "cu_seqlens", cu_seqlens, proj.shape[0], "proj.shape[0]")
+    for b, start in enumerate(seq_start.tolist()):
+        _require(op, start >= 0, f"seq_start must be >= 0, got seq_start[{b}]={start}")
+        _values_pages(op, block_table, b, start, start + cu[b + 1] - cu[b], k_cache, "the new tokens")
 
 
 def _check_paged_attention(op, q, k_cache, v_cache, block_table, batch):
@@ -191,15 +294,38 @@ def _check_attention_prefill(q, k_cache, v_cache, block_table, cu_seqlens_q, seq
     batch = cu_seqlens_q.shape[0] - 1
     _require(op, batch >= 0, "cu_seqlens_q must have B+1 >= 1 entries")
     _check_paged_attention(op, q, k_cache, v_cache, block_table, batch)
+    _expect(op, "cu_seqlens_q", cu_seqlens_q, like=q)
     _expect(op, "seq_lens_k", seq_lens_k, dtype=torch.int32, shape=(batch,), like=q)
+    if softmax_scale is not None:
+        _finite_positive(op, "softmax_scale", softmax_scale)
     return [(tuple(q.shape), q.dtype)]
+
+
+def _values_attention_prefill(q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens_k, softmax_scale=None,
+                              causal=True):
+    op = "attention_prefill"
+    cu = _values_cu_seqlens(op, "cu_seqlens_q", cu_seqlens_q, q.shape[0], "q.shape[0]")
+    for b, length in enumerate(seq_lens_k.tolist()):
+        queries = cu[b + 1] - cu[b]
+        _require(op, length >= queries, f"seq_lens_k[{b}]={length} must be >= the {queries} queries of sequence {b} "
+                                        "(the keys include the chunk's own tokens)")
+        _values_pages(op, block_table, b, 0, length, k_cache, "the keys")
 
 
 def _check_attention_decode(q, k_cache, v_cache, block_table, seq_lens, softmax_scale=None):
     op = "attention_decode"
     _check_paged_attention(op, q, k_cache, v_cache, block_table, q.shape[0] if q.dim() == 3 else 0)
     _expect(op, "seq_lens", seq_lens, dtype=torch.int32, shape=(q.shape[0],), like=q)
+    if softmax_scale is not None:
+        _finite_positive(op, "softmax_scale", softmax_scale)
     return [(tuple(q.shape), q.dtype)]
+
+
+def _values_attention_decode(q, k_cache, v_cache, block_table, seq_lens, softmax_scale=None):
+    op = "attention_decode"
+    for b, length in enumerate(seq_lens.tolist()):
+        _require(op, length >= 0, f"seq_lens must be >= 0, got seq_lens[{b}]={length}")
+        _values_pages(op, block_table, b, 0, length, k_cache, "the keys")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,6 +338,7 @@ class _OpSpec:
     check: Callable          # (*args) -> [(shape, dtype)] of the outputs; raises on bad input
     reference: Callable      # the reference.py function
     out_names: tuple[str, ...]
+    values: Callable | None = None  # (*args) -> None; raises on bad contents. CPU kernels only (see above)
 
 
 _SPECS = [
@@ -221,11 +348,13 @@ _SPECS = [
             ("sorted_token_ids", "block_expert_ids", "expert_offsets", "num_padded")),
     _OpSpec("zaya_route", _check_zaya_route, reference.zaya_route,
             ("weights", "ids", "r_out", "sorted_token_ids", "block_expert_ids", "expert_offsets", "num_padded")),
-    _OpSpec("grouped_gemm", _check_grouped_gemm, reference.grouped_gemm, ("out",)),
-    _OpSpec("moe_mlp", _check_moe_mlp, reference.moe_mlp, ("out",)),
-    _OpSpec("cca_prep", _check_cca_prep, reference.cca_prep, ("q",)),
-    _OpSpec("attention_prefill", _check_attention_prefill, reference.attention_prefill, ("out",)),
-    _OpSpec("attention_decode", _check_attention_decode, reference.attention_decode, ("out",)),
+    _OpSpec("grouped_gemm", _check_grouped_gemm, reference.grouped_gemm, ("out",), _values_grouped_gemm),
+    _OpSpec("moe_mlp", _check_moe_mlp, reference.moe_mlp, ("out",), _values_moe_mlp),
+    _OpSpec("cca_prep", _check_cca_prep, reference.cca_prep, ("q",), _values_cca_prep),
+    _OpSpec("attention_prefill", _check_attention_prefill, reference.attention_prefill, ("out",),
+            _values_attention_prefill),
+    _OpSpec("attention_decode", _check_attention_decode, reference.attention_decode, ("out",),
+            _values_attention_decode),
 ]
 OP_NAMES = tuple(spec.name for spec in _SPECS)
 DEVICE_PLACEHOLDERS: set[str] = set()  # ops whose GPU "kernel" is the NotImplemented placeholder
@@ -247,12 +376,18 @@ def _as_tuple(result):
 def _register(spec: _OpSpec) -> None:
     qualname = f"{_LIB}::{spec.name}"
 
+    def check_cpu(*args):
+        expected = spec.check(*args)
+        if spec.values is not None:
+            spec.values(*args)
+        return expected
+
     def cpu_kernel(*args):
-        spec.check(*args)
+        check_cpu(*args)
         return spec.reference(*args)
 
     def cpu_out_kernel(*args, **outs):
-        expected = spec.check(*args)
+        expected = check_cpu(*args)
         _check_outs(spec, expected, outs, _first_tensor(args))
         for name, value in zip(spec.out_names, _as_tuple(spec.reference(*args))):
             outs[name].copy_(value)
@@ -324,8 +459,14 @@ def _call(name: str, args: tuple, out):
 def topk_gating(logits: Tensor, bias: Tensor | None = None, k: int = 1, renormalize: bool = False,
                 skip_index: int = -1, *, out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Top-k expert gating. logits [T, E'] bf16|fp32 (E' <= 256, last dim contiguous), bias [E'] fp32 or
-    None, k <= 8 -> (weights [T, k] fp32, ids [T, k] int32). See reference.topk_gating for the exact
-    rule (ties to the lower index, NaN rows, the skip route)."""
+    None, 1 <= k <= min(8, E') -> (weights [T, k] fp32, ids [T, k] int32). See reference.topk_gating for
+    the exact rule (ties to the lower index, NaN rows, the skip route).
+    Documented edge results (the same on every device; nothing here is checked, that would need the data):
+    - a NaN bias entry makes that route's score NaN, which ranks as -inf: the route is chosen only after
+      every route with a finite score (lower index first), and its weight is still its p;
+    - renormalize=True over chosen routes whose p are all 0 (possible only when a bias outranks every
+      route with p > 0) divides 0 by 0: those weights are NaN, as in vLLM's and every reference's
+      p / sum(p)."""
     return _call("topk_gating", (logits, bias, k, renormalize, skip_index), out)
 
 
@@ -338,7 +479,8 @@ def zaya_router(x: Tensor, r_prev: Tensor | None, down_w: Tensor, down_b: Tensor
     A token whose x (or r_prev) row holds a NaN or an infinity gets id 0 and weight NaN (its RMSNorm,
     hence every logit, is NaN; the lowest index wins among the all -inf scores); its r_out row carries
     the non-finite values. The CUDA kernel takes every parameter in bf16 (balancing_bias fp32), R = 256,
-    H a multiple of 512 up to 2048, E' <= 32."""
+    H a multiple of 512 up to 2048, E' <= 32. eps: a finite number > 0. eda_scale goes with r_prev: both
+    or neither (an eda_scale without r_prev is an error, not ignored)."""
     return _call("zaya_router", (x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w,
                                  balancing_bias, eps), out)
 
@@ -346,7 +488,9 @@ def zaya_router(x: Tensor, r_prev: Tensor | None, down_w: Tensor, down_b: Tensor
 def moe_align(ids: Tensor, num_experts: int, block_m: int, *, out: tuple | None = None):
     """Expert-sorted, block-padded schedule of the (token, slot) pairs. ids [T, k] int32 ->
     (sorted_token_ids [T*k + E*(block_m-1)], block_expert_ids [ceil(len/block_m)], expert_offsets [E+1],
-    num_padded [1]), all int32, sizes static so the call is CUDA-graph capturable."""
+    num_padded [1]), all int32, sizes static so the call is CUDA-graph capturable.
+    1 <= num_experts <= 256 on every device, block_m >= 1, and T*k + E*(block_m-1) must fit int32
+    (checked before anything is allocated). ids outside [0, E) go to no expert."""
     return _call("moe_align", (ids, num_experts, block_m), out)
 
 
@@ -372,14 +516,19 @@ def zaya_route(x: Tensor, r_prev: Tensor | None, down_w: Tensor, down_b: Tensor,
 
 
 def grouped_gemm(a: Tensor, w: Tensor, expert_offsets: Tensor, *, out: Tensor | None = None) -> Tensor:
-    """a [M, K], w [E, N, K] (nn.Linear layout), expert_offsets [E+1] int32 -> c [M, N]."""
+    """a [M, K], w [E, N, K] (nn.Linear layout), expert_offsets [E+1] int32 -> c [M, N].
+    Rows [offsets[e], offsets[e+1]) use expert e; rows outside every segment are zero. expert_offsets
+    must be >= 0, non-decreasing and end at most at M: checked on CPU tensors; on a GPU it is the
+    caller's duty (checking would read the offsets back to the host)."""
     return _call("grouped_gemm", (a, w, expert_offsets), out)
 
 
 def moe_mlp(x: Tensor, topk_weights: Tensor, topk_ids: Tensor, sorted_token_ids: Tensor, expert_offsets: Tensor,
             w_fc1: Tensor, w_fc2: Tensor, skip_mode: str = "scaled_input", *, out: Tensor | None = None) -> Tensor:
     """The MoE sub-layer's experts: x [T, H] bf16 -> y [T, H] bf16 (SwiGLU experts, combine weights,
-    skip route by skip_mode: "scaled_input" = p_skip * x, or "zero")."""
+    skip route by skip_mode: "scaled_input" = p_skip * x, or "zero"). sorted_token_ids / expert_offsets
+    are moe_align(topk_ids, E, block_m)'s: offsets >= 0, non-decreasing, ending at most at
+    len(sorted_token_ids), entries in [0, T*k]. Checked on CPU tensors; on a GPU the caller's duty."""
     return _call("moe_mlp", (x, topk_weights, topk_ids, sorted_token_ids, expert_offsets, w_fc1, w_fc2, skip_mode),
                  out)
 
@@ -389,7 +538,11 @@ def cca_prep(proj: Tensor, cu_seqlens: Tensor, seq_start: Tensor, conv_state: Te
              v_cache: Tensor, block_table: Tensor, rope_theta: float = 5e6, rotary_dim: int = 64, *,
              out: Tensor | None = None) -> Tensor:
     """CCA pre-attention (see reference.cca_prep): returns q [T, Hq, D] bf16 and updates conv_state,
-    value_state, k_cache and v_cache in place."""
+    value_state, k_cache and v_cache in place. rope_theta: a finite number > 0.
+    The caller's duty on a GPU (checked on CPU tensors only; checking would read them back to the host):
+    cu_seqlens starts at 0, is non-decreasing and ends at T; seq_start >= 0; each sequence's new positions
+    seq_start[b] .. seq_start[b] + n_b - 1 fit its block_table row (max_pages * page_size) and the pages
+    they use are pages of the cache, in [0, num_pages)."""
     return _call("cca_prep", (proj, cu_seqlens, seq_start, conv_state, value_state, conv1_w, conv1_b, conv2_w,
                               conv2_b, temp, k_cache, v_cache, block_table, rope_theta, rotary_dim), out)
 
@@ -397,12 +550,19 @@ def cca_prep(proj: Tensor, cu_seqlens: Tensor, seq_start: Tensor, conv_state: Te
 def attention_prefill(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, cu_seqlens_q: Tensor,
                       seq_lens_k: Tensor, softmax_scale: float | None = None, causal: bool = True, *,
                       out: Tensor | None = None) -> Tensor:
-    """Varlen causal GQA attention over the paged cache: q [T, Hq, D] -> o [T, Hq, D] bf16."""
+    """Varlen causal GQA attention over the paged cache: q [T, Hq, D] -> o [T, Hq, D] bf16.
+    softmax_scale: None (1/sqrt(D)) or a finite number > 0.
+    The caller's duty on a GPU (checked on CPU tensors only): cu_seqlens_q starts at 0, is non-decreasing
+    and ends at T; seq_lens_k[b] >= the n_b queries of sequence b (the keys include the chunk); the
+    seq_lens_k[b] keys fit its block_table row and their pages are in [0, num_pages)."""
     return _call("attention_prefill", (q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens_k, softmax_scale,
                                        causal), out)
 
 
 def attention_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, seq_lens: Tensor,
                      softmax_scale: float | None = None, *, out: Tensor | None = None) -> Tensor:
-    """One query token per sequence over the paged cache: q [B, Hq, D] -> o [B, Hq, D] bf16."""
+    """One query token per sequence over the paged cache: q [B, Hq, D] -> o [B, Hq, D] bf16; a sequence
+    with seq_lens 0 gets zeros. softmax_scale: None (1/sqrt(D)) or a finite number > 0.
+    The caller's duty on a GPU (checked on CPU tensors only): 0 <= seq_lens[b] <= max_pages * page_size,
+    and the pages its keys use are in [0, num_pages) (no -1 entries below the length)."""
     return _call("attention_decode", (q, k_cache, v_cache, block_table, seq_lens, softmax_scale), out)
