@@ -31,6 +31,7 @@ int64_t moe_mlp_workspace_bytes(const MoeMlpParams& params);            // param
 // ---- end experts launchers ----
 
 // ---- CCA attention launchers ----
+const char* launch_attention_prefill(const AttentionPrefillParams& params, StreamHandle stream);
 
 // ---- end CCA attention launchers ----
 

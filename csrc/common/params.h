@@ -243,6 +243,30 @@ struct PagedKvCache {
   int32_t head_dim;                // D
 };
 
+// attention_prefill: causal (or not) GQA attention of packed varlen queries over the paged cache.
+// Sequence b's queries are rows [cu_seqlens_q[b], cu_seqlens_q[b+1]) of q, its LAST n_b tokens: query
+// i sits at position seq_lens_k[b] - n_b + i and (causal) sees keys 0..that position, else all
+// seq_lens_k[b] keys. Query head h reads KV head h / (q_heads / kv_heads). softmax in fp32.
+// Data-dependent preconditions (the caller's duty on a GPU, checked by the CPU kernel): cu_seqlens_q
+// from 0, non-decreasing, ending at num_tokens; n_b <= seq_lens_k[b]; the pages of positions
+// [0, seq_lens_k[b]) inside the block-table row and in [0, num_pages).
+struct AttentionPrefillParams {
+  const uint16_t* q;               // [T, Hq, D] bf16 bits, last dim contiguous
+  int64_t q_token_stride;          // elements
+  int64_t q_head_stride;           // elements
+  PagedKvCache cache;
+  const int32_t* cu_seqlens_q;     // [B + 1] int32
+  const int32_t* seq_lens_k;       // [B] int32, keys per sequence including its queries
+  uint16_t* out;                   // [T, Hq, D] bf16 bits, last dim contiguous
+  int64_t out_token_stride;        // elements
+  int64_t out_head_stride;         // elements
+  int32_t num_tokens;              // T
+  int32_t batch;                   // B
+  int32_t q_heads;                 // Hq
+  float softmax_scale;             // finite, > 0 (1/sqrt(D) by default)
+  int32_t causal;                  // 1: causal, 0: every query sees all of its sequence's keys
+};
+
 // ---- end CCA attention ----
 
 }  // namespace zk
