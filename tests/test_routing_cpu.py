@@ -32,7 +32,7 @@ MAX_CHUNKS = 128           # csrc/common/params.h kAlignMaxChunks
 MAX_CHUNK_COUNTS = 8192    # csrc/common/params.h kAlignMaxChunkCounts: chunk_counts entries one sorting CTA reads
 ALIGN_THREADS = 256        # csrc/common/moe_align.cuh kAlignThreads
 MIN_BITS = 4               # csrc/common/moe_align.cuh kAlignMinBits
-INDEX_SLACK = PASS_PAIRS * MAX_CHUNKS  # csrc/ops/moe_align.cpp kIndexSlack
+INDEX_SLACK = PASS_PAIRS * MAX_CHUNKS  # csrc/ops/routing.h kAlignIndexSlack
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ _FLOAT = (torch.bfloat16, torch.float16, torch.float32)
 _TOPK_MAX_EXPERTS = 256  # csrc/common/params.h kTopkMaxExperts
 _TOPK_MAX_K = 8          # kTopkMaxK
 _ALIGN_MAX_EXPERTS = 256  # csrc/common/params.h kAlignMaxExperts
-# csrc/ops/moe_align.cpp kIndexSlack = kAlignPassPairs * kAlignMaxChunks: the kernels index with int32, and
+# csrc/ops/routing.h kAlignIndexSlack = kAlignPassPairs * kAlignMaxChunks: the kernels index with int32, and
 # the capacity plus one block_m plus the grid-stride loops' overshoot must stay below 2^31.
 _ALIGN_INDEX_SLACK = 1024 * 128
 _INT32_MAX = 2**31 - 1

@@ -11,6 +11,7 @@
 
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <type_traits>
@@ -85,6 +86,11 @@ inline void check_contiguous(const char* op, const char* name, const at::Tensor&
 inline void check_last_dim_contiguous(const char* op, const char* name, const at::Tensor& t) {
   ZK_CHECK(t.size(-1) <= 1 || t.stride(-1) == 1, op, ": ", name,
               " must have a contiguous last dimension, got strides ", shape_str(t.strides()));
+}
+
+// A float scalar argument that must be a finite number > 0 (eps, rope_theta, softmax_scale); NaN fails.
+inline void check_finite_positive(const char* op, const char* name, double value) {
+  ZK_CHECK(std::isfinite(value) && value > 0, op, ": ", name, " must be a finite number > 0, got ", value);
 }
 
 inline void check_launch(const char* op, const char* error) {

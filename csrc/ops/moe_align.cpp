@@ -6,8 +6,6 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <limits>
-
 #include "../common/launch.h"
 #include "checks.h"
 #include "routing.h"
@@ -19,6 +17,14 @@ constexpr const char* kOp = "zaya::moe_align";
 
 }  // namespace
 
+void check_align_sizes(const char* op, int64_t num_pairs, int64_t num_experts, int64_t block_m) {
+  ZK_CHECK(num_experts >= 1 && num_experts <= kAlignMaxExperts, op, ": num_experts must be in 1..",
+           kAlignMaxExperts, ", got ", num_experts);
+  ZK_CHECK(block_m >= 1, op, ": block_m must be >= 1, got ", block_m);
+  ZK_CHECK(align_sizes_fit(num_pairs, num_experts, block_m), op, ": T*k + E*(block_m-1) must fit int32, got T*k=",
+           num_pairs, ", E=", num_experts, ", block_m=", block_m);
+}
+
 MoeAlignParams moe_align_params(const char* op, const at::Tensor& ids, int64_t num_experts, int64_t block_m,
                                 const at::Tensor& sorted_token_ids, const at::Tensor& block_expert_ids,
                                 const at::Tensor& expert_offsets, const at::Tensor& num_padded,
@@ -26,22 +32,9 @@ MoeAlignParams moe_align_params(const char* op, const at::Tensor& ids, int64_t n
   check_dim(op, "ids", ids, 2);
   check_dtype(op, "ids", ids, at::kInt);
   check_last_dim_contiguous(op, "ids", ids);
-  ZK_CHECK(num_experts >= 1 && num_experts <= kAlignMaxExperts, op, ": num_experts must be in 1..",
-              kAlignMaxExperts, ", got ", num_experts);
-  ZK_CHECK(block_m >= 1, op, ": block_m must be >= 1, got ", block_m);
   const int64_t num_tokens = ids.size(0);
   const int64_t num_pairs = ids.numel();
-  // int32 indices in the kernels: slots up to the capacity plus one block_m (the last block's first
-  // row) plus the grid-stride loops' overshoot (every thread of the grid, at most kAlignMaxChunks CTAs
-  // of 256, past the last slot; kIndexSlack bounds it), and pair indices up to T*k plus one chunk (the
-  // run arithmetic past the last pair). The first two bounds keep the int64 sums below exact.
-  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
-  constexpr int64_t kIndexSlack = int64_t{kAlignPassPairs} * kAlignMaxChunks;
-  ZK_CHECK(num_pairs < kInt32Max / 2 && block_m < kInt32Max / 4 &&
-                  align_capacity(num_pairs, num_experts, block_m) + block_m + kIndexSlack < kInt32Max &&
-                  num_pairs + align_chunk_pairs(num_pairs, static_cast<int32_t>(num_experts)) < kInt32Max,
-              op, ": T*k + E*(block_m-1) must fit int32, got T*k=", num_pairs, ", E=", num_experts, ", block_m=",
-              block_m);
+  check_align_sizes(op, num_pairs, num_experts, block_m);
   const int64_t capacity = align_capacity(num_pairs, num_experts, block_m);
   const int64_t num_blocks = (capacity + block_m - 1) / block_m;
   check_same_device(op, "sorted_token_ids", sorted_token_ids, ids);
@@ -104,14 +97,16 @@ void moe_align_out(const at::Tensor& ids,  // [T, k] int32
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_align(const at::Tensor& ids, int64_t num_experts,
                                                                      int64_t block_m) {
-  // Sizes for the allocation only; a bad argument is reported by the out form's checks.
-  const int64_t experts = std::max<int64_t>(num_experts, 1);
-  const int64_t bm = std::max<int64_t>(block_m, 1);
-  const int64_t capacity = align_capacity(ids.numel(), experts, bm);
+  // Sizes for the allocation only: a bad argument is reported by the out form's checks, into empty
+  // outputs, so that a huge num_experts or block_m never reaches the allocator.
+  const bool fits = align_sizes_fit(ids.numel(), num_experts, block_m);
+  const int64_t experts = fits ? num_experts : 0;
+  const int64_t bm = fits ? block_m : 1;
+  const int64_t capacity = fits ? align_capacity(ids.numel(), experts, bm) : 0;
   const auto options = ids.options().dtype(at::kInt);
   at::Tensor sorted_token_ids = at::empty({capacity}, options);
   at::Tensor block_expert_ids = at::empty({(capacity + bm - 1) / bm}, options);
-  at::Tensor expert_offsets = at::empty({experts + 1}, options);
+  at::Tensor expert_offsets = at::empty({fits ? experts + 1 : 0}, options);
   at::Tensor num_padded = at::empty({1}, options);
   moe_align_out(ids, num_experts, block_m, sorted_token_ids, block_expert_ids, expert_offsets, num_padded);
   return {sorted_token_ids, block_expert_ids, expert_offsets, num_padded};

@@ -32,6 +32,24 @@ inline int64_t align_capacity(int64_t num_pairs, int64_t num_experts, int64_t bl
   return num_pairs + num_experts * (block_m - 1);
 }
 
+// moe_align's size limits (zaya_kernels/ops.py _check_align_sizes says the same): E in
+// 1..kAlignMaxExperts, block_m >= 1, and every int32 index of the kernels in range: slots up to the
+// capacity plus one block_m (the last block's first row) plus the grid-stride loops' overshoot (every
+// thread of the grid, at most kAlignMaxChunks CTAs, past the last slot; kAlignIndexSlack bounds it), and
+// pair indices up to T*k plus one chunk. The first two bounds keep the int64 sums below exact. The
+// functional forms test this before allocating, so that a huge E or block_m is reported, not allocated.
+constexpr int64_t kAlignIndexSlack = int64_t{kAlignPassPairs} * kAlignMaxChunks;
+inline bool align_sizes_fit(int64_t num_pairs, int64_t num_experts, int64_t block_m) {
+  constexpr int64_t kInt32Max = 2147483647;
+  return num_experts >= 1 && num_experts <= kAlignMaxExperts && block_m >= 1 && num_pairs < kInt32Max / 2 &&
+         block_m < kInt32Max / 4 &&
+         align_capacity(num_pairs, num_experts, block_m) + block_m + kAlignIndexSlack < kInt32Max &&
+         num_pairs + align_chunk_pairs(num_pairs, static_cast<int32_t>(num_experts)) < kInt32Max;
+}
+
+// The checks behind align_sizes_fit, each with its message (op names the calling op).
+void check_align_sizes(const char* op, int64_t num_pairs, int64_t num_experts, int64_t block_m);
+
 // ids [T, k] int32 and the outputs sorted_token_ids [T*k + E*(block_m-1)], block_expert_ids
 // [ceil(that / block_m)], expert_offsets [E+1], num_padded [1], all int32. chunk_counts receives the
 // [E, chunks] int32 scratch of the chunked path (allocated here when needed); keep it alive until the

@@ -68,7 +68,8 @@ void topk_gating_out(const at::Tensor& logits,  // [T, E'] bf16 | fp32
 std::tuple<at::Tensor, at::Tensor> topk_gating(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
                                                int64_t k, bool renormalize, int64_t skip_index) {
   const int64_t num_tokens = logits.dim() > 0 ? logits.size(0) : 0;
-  const int64_t slots = std::max<int64_t>(k, 0);  // a bad k is reported by the out form
+  // A bad k is reported by the out form, into empty outputs (a huge k never reaches the allocator).
+  const int64_t slots = k >= 1 && k <= kTopkMaxK ? k : 0;
   at::Tensor weights = at::empty({num_tokens, slots}, logits.options().dtype(at::kFloat));
   at::Tensor ids = at::empty({num_tokens, slots}, logits.options().dtype(at::kInt));
   topk_gating_out(logits, bias, k, renormalize, skip_index, weights, ids);

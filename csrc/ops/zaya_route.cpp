@@ -66,19 +66,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& eda_scale, const at::Tensor& norm_w, const at::Tensor& fc1_w,
     const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b, const at::Tensor& out_w,
     const at::Tensor& balancing_bias, at::Tensor& workspace, int64_t block_m, double eps) {
-  // Sizes for the allocation only; a bad argument is reported by the out form's checks.
+  // Sizes for the allocation only: a bad argument is reported by the out form's checks, into empty
+  // align outputs where the sizes do not fit (a huge block_m never reaches the allocator).
   const int64_t num_tokens = x.dim() > 0 ? x.size(0) : 0;
   const int64_t width = down_w.dim() > 0 ? down_w.size(0) : 0;
-  const int64_t experts = std::max<int64_t>(out_w.dim() > 0 ? out_w.size(0) - 1 : 1, 1);
-  const int64_t bm = std::max<int64_t>(block_m, 1);
-  const int64_t capacity = align_capacity(num_tokens, experts, bm);
+  const int64_t routes = out_w.dim() > 0 ? out_w.size(0) : 0;
+  const bool fits = align_sizes_fit(num_tokens, routes - 1, block_m);
+  const int64_t experts = fits ? routes - 1 : 0;
+  const int64_t bm = fits ? block_m : 1;
+  const int64_t capacity = fits ? align_capacity(num_tokens, experts, bm) : 0;
   const auto int32 = x.options().dtype(at::kInt);
   at::Tensor weights = at::empty({num_tokens, 1}, x.options().dtype(at::kFloat));
   at::Tensor ids = at::empty({num_tokens, 1}, int32);
   at::Tensor r_out = at::empty({num_tokens, width}, x.options().dtype(at::kBFloat16));
   at::Tensor sorted_token_ids = at::empty({capacity}, int32);
   at::Tensor block_expert_ids = at::empty({(capacity + bm - 1) / bm}, int32);
-  at::Tensor expert_offsets = at::empty({experts + 1}, int32);
+  at::Tensor expert_offsets = at::empty({fits ? experts + 1 : 0}, int32);
   at::Tensor num_padded = at::empty({1}, int32);
   zaya_route_out(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias,
                  workspace, block_m, eps, weights, ids, r_out, sorted_token_ids, block_expert_ids, expert_offsets,

@@ -114,8 +114,11 @@ ZayaRouterParams zaya_router_params(const char* op, const at::Tensor& x, const s
   if (r_prev.has_value()) {
     check_rows(op, "r_prev", *r_prev, x, at::kBFloat16, {num_tokens, kRouterWidth});
     ZK_CHECK(eda_scale.has_value(), op, ": eda_scale is required when r_prev is given");
+  } else {
+    ZK_CHECK(!eda_scale.has_value(), op, ": eda_scale must be None when r_prev is None (no EDA term without r_prev)");
   }
   if (eda_scale.has_value()) check_param(op, "eda_scale", *eda_scale, x, at::kBFloat16, {kRouterWidth});
+  check_finite_positive(op, "eps", eps);
   check_same_device(op, "weights", weights, x);
   check_dtype(op, "weights", weights, at::kFloat);
   check_shape(op, "weights", weights, {num_tokens, 1});
@@ -132,7 +135,7 @@ ZayaRouterParams zaya_router_params(const char* op, const at::Tensor& x, const s
   params.r_prev_row_stride = r_prev.has_value() ? r_prev->stride(0) : 0;
   params.down_w = bf16(down_w);
   params.down_b = bf16(down_b);
-  params.eda_scale = r_prev.has_value() ? bf16(*eda_scale) : nullptr;  // no EDA term without r_prev
+  params.eda_scale = r_prev.has_value() ? bf16(*eda_scale) : nullptr;
   params.norm_w = bf16(norm_w);
   params.fc1_w = bf16(fc1_w);
   params.fc1_b = bf16(fc1_b);
