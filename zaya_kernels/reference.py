@@ -82,10 +82,11 @@ def zaya_router(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_
     Numerics: every matmul accumulates in fp32, biases, GELU (exact erf), RMSNorm and the softmax
     run in fp32; the activations entering the three MLP matmuls (n, h1, h2) are rounded to bf16, as
     every reference does and as tensor cores take them. r stays fp32 into the norm and is rounded to
-    bf16 only when stored.
+    bf16 only when stored. (Both roundings are to x's dtype: bf16 in the op contract; an fp32 model,
+    the reference backend's dtype=fp32, keeps fp32 throughout.)
     """
     dt = compute_dtype
-    low = torch.bfloat16  # the rounding of the MLP's inputs is part of the op, at any compute dtype
+    low = x.dtype  # the rounding of the MLP's inputs is part of the op, at any compute dtype
 
     def linear(inp, w, b=None):
         y = _c(inp, dt) @ _c(w, dt).T
@@ -98,7 +99,7 @@ def zaya_router(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_
     h2 = _c(F.gelu(linear(h1, fc2_w, fc2_b)), dt).to(low)
     logits = linear(h2, out_w)
     weights, ids = topk_gating(logits, balancing_bias, k=1, skip_index=out_w.shape[0] - 1, compute_dtype=dt)
-    return weights, ids, r.to(torch.bfloat16)
+    return weights, ids, r.to(x.dtype)
 
 
 def zaya_route(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias,
@@ -257,7 +258,7 @@ def cca_prep(proj, cu_seqlens, seq_start, conv_state, value_state, conv1_w, conv
     group = hq // hkv
     vh = value_state.shape[1]
     page_size = k_cache.shape[1]
-    q_out = torch.empty(T, hq, d, dtype=torch.bfloat16, device=proj.device)
+    q_out = torch.empty(T, hq, d, dtype=proj.dtype, device=proj.device)  # bf16 in the op contract
     a_w, a_b = _c(conv1_w[:, 0, :], dt), _c(conv1_b, dt)  # [C, 2], [C]
     b_w = _c(conv2_w, dt).view(hq + hkv, d, d, 2)  # [head, out, in, tap]
     b_b = _c(conv2_b, dt)
@@ -295,7 +296,7 @@ def cca_prep(proj, cu_seqlens, seq_start, conv_state, value_state, conv1_w, conv
         pages, slots = cache_slots(block_table[b], positions, page_size)
         k_cache[pages, slots] = k.to(k_cache.dtype)
         v_cache[pages, slots] = v.to(v_cache.dtype)
-        q_out[lo:hi] = q.to(torch.bfloat16)
+        q_out[lo:hi] = q.to(q_out.dtype)
         conv_state[b] = padded[-2:].T.to(conv_state.dtype)
         value_state[b] = v2[-1].to(value_state.dtype)
     return q_out
