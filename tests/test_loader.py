@@ -83,9 +83,13 @@ def test_tiny_keeps_the_structure():
 # config.json
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("hf", [LEGACY_8B, NATIVE_8B], ids=["legacy", "native"])
-def test_hub_configs_give_zaya1_8b(hf):
-    assert from_hf_config(hf) == zaya1_8b()
+@pytest.mark.parametrize("hf, skip_mode", [(LEGACY_8B, "scaled_input"), (NATIVE_8B, "zero")], ids=["legacy", "native"])
+def test_hub_configs_give_zaya1_8b(hf, skip_mode):
+    """The skip route's default follows the layout (config.DEFAULT_SKIP_MODE): native checkpoints run as the
+    upstream Hugging Face model runs them (a skipped token outputs 0, §12.1), legacy ones as Zyphra's code."""
+    assert from_hf_config(hf) == zaya1_8b().replace(skip_mode=skip_mode)
+    for mode in ("zero", "scaled_input"):
+        assert from_hf_config(hf, skip_mode=mode) == zaya1_8b().replace(skip_mode=mode)
 
 
 def test_legacy_config_variants():
@@ -96,15 +100,17 @@ def test_legacy_config_variants():
     assert from_hf_config(dict(LEGACY_8B, zaya_layers=["a", 16] * 40)) == zaya1_8b()
     assert from_hf_config(dict(LEGACY_8B, zaya_high_prec=False)).fp32_logits is False
     both = dict(NATIVE_8B, ffn_hidden_size=4096, zaya_mlp_expansion=256, num_query_groups=2)  # third-party classes
-    assert from_hf_config(both) == zaya1_8b()
+    assert from_hf_config(both) == zaya1_8b().replace(skip_mode="zero")
     flat = dict(NATIVE_8B, rope_parameters={"rope_type": "default", "rope_theta": 5e6, "partial_rotary_factor": 0.5})
-    assert from_hf_config(flat) == zaya1_8b()
+    assert from_hf_config(flat) == zaya1_8b().replace(skip_mode="zero")
 
 
 @pytest.mark.parametrize("layout", ["legacy", "native"])
 def test_config_json_round_trip(layout):
     config = tiny().replace(fp32_logits=False, eos_token_id=7)
-    assert from_hf_config(json.loads(json.dumps(to_hf_config(config, layout)))) == config
+    for mode in ("zero", "scaled_input"):
+        assert from_hf_config(json.loads(json.dumps(to_hf_config(config, layout))), mode) == config.replace(
+            skip_mode=mode)
 
 
 @pytest.mark.parametrize("base, changes, match", [
@@ -171,7 +177,7 @@ def test_checkpoint_round_trip(source, tmp_path, gen, layout, shard_bytes):
     if shard_bytes:
         index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
         assert len(set(index["weight_map"].values())) > 1
-    loaded = load_model(tmp_path)
+    loaded = load_model(tmp_path, skip_mode=source.config.skip_mode)
     assert loaded.config == source.config
     assert_same_model(source, loaded, gen)
 
@@ -236,6 +242,27 @@ def test_dtypes_are_cast_and_balancing_biases_stay_fp32(source, tmp_path):
     assert torch.equal(target.blocks[0].attn.qkv_weight, source.blocks[0].attn.qkv_weight)
     router = target.blocks[0].moe.router
     assert router.balancing_biases.dtype == torch.float32 and router.balancing_biases[0] == fine
+
+
+@pytest.mark.parametrize("stored, asked, expected", [
+    (torch.float32, None, torch.float32), (torch.bfloat16, None, torch.bfloat16),
+    (torch.float32, torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32, torch.float32)])
+def test_load_model_dtype(source, tmp_path, gen, stored, asked, expected):
+    """Issue 11 finding 8: load_model keeps an fp32 checkpoint fp32 (dtype=None is the checkpoint's own; it
+    used to cast everything to bf16), or converts to the dtype asked for; the state follows the model."""
+    tensors = {k: v if k.endswith("balancing_biases") else v.to(stored)
+               for k, v in export_tensors(source, "native").items()}
+    fine = torch.tensor(1.0 + 2.0 ** -20)  # not representable in bf16: survives an fp32 load only
+    tensors["model.layers.1.self_attn.o_proj.weight"][0, 0] = fine.to(stored)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(to_hf_config(source.config, "native")))
+    model = load_model(tmp_path, dtype=asked)
+    assert model.dtype == expected and {p.dtype for p in model.parameters()} == {expected}
+    assert model.blocks[1].moe.router.balancing_biases.dtype == torch.float32
+    assert model.new_state(1, 4).k_cache.dtype == expected
+    assert model.blocks[1].attn.o_weight[0, 0] == fine.to(stored).to(expected)
+    ids = torch.randint(0, source.config.vocab_size, (1, 5), generator=gen)
+    assert model(ids).dtype == torch.float32
 
 
 def _corrupt(source, tmp_path, edit):

@@ -5,14 +5,22 @@ Importing the package loads the compiled extension when it was built (registerin
 and device kernels), then registers the fake and CPU reference kernels from ops.py. Without a built
 extension, `zaya_kernels.reference` and the model's reference backend still work.
 """
+import importlib as _importlib
+
 from . import reference
 from ._backend import compiled_backend, extension_loaded, has_device_kernel
 
 try:
-    from . import _C  # noqa: F401  (registers torch.ops.zaya.*)
-except ImportError as _err:  # not built: the reference path still works
+    # import_module, not `from . import _C`: when the module is absent, the latter reports a "partially
+    # initialized module ... (most likely due to a circular import)", which sends users the wrong way.
+    _C = _importlib.import_module(f"{__name__}._C")  # registers torch.ops.zaya.*
+except ImportError as _err:  # the reference path still works without it
     _C = None
-    BUILD_ERROR = f"zaya_kernels._C is not built or failed to load ({_err}); run tools/install.sh" 
+    if isinstance(_err, ModuleNotFoundError) and _err.name == f"{__name__}._C":
+        BUILD_ERROR = "the compiled extension zaya_kernels._C is not built: run tools/install.sh"
+    else:  # built, but does not load (e.g. against another torch)
+        BUILD_ERROR = f"the compiled extension zaya_kernels._C failed to load ({_err}): rebuild it with " \
+                      "tools/install.sh"
 else:
     BUILD_ERROR = None
 

@@ -15,6 +15,12 @@ from typing import Any
 from ..reference import SKIP_MODES
 
 LAYOUTS = ("legacy", "native")
+# skip_mode a checkpoint gets when the caller names none (config.json does not carry it, §5.4): each layout runs
+# as the code published with it does. Native checkpoints (Zyphra/ZAYA1-8B) are the Hugging Face Transformers
+# model's, which outputs 0 at a skipped token (verified against transformers 5.23, §12.1); legacy checkpoints
+# (Zyphra/ZAYA1-8B-legacy) come from Zyphra's alternating-layer code, which outputs p_skip * x. The two agree
+# whenever no token picks the skip route.
+DEFAULT_SKIP_MODE = {"native": "zero", "legacy": "scaled_input"}
 # The zaya_router op takes 2..32 routes (experts + the skip route), see ops.py.
 MAX_ROUTES = 32
 
@@ -255,10 +261,13 @@ def _from_native(f: _Fields) -> dict[str, Any]:
                 fp32_logits=bool(f.get("zaya_high_prec", default=True)))
 
 
-def from_hf_config(hf: dict[str, Any], skip_mode: str = "scaled_input") -> ZayaConfig:
-    """ZayaConfig from a ZAYA1 config.json of either layout (§1.2). skip_mode is not in config.json: the
-    reference semantics p_skip * x is the default (§5.4); the native HF port's is "zero"."""
+def from_hf_config(hf: dict[str, Any], skip_mode: str | None = None) -> ZayaConfig:
+    """ZayaConfig from a ZAYA1 config.json of either layout (§1.2). skip_mode is not in config.json; None
+    picks DEFAULT_SKIP_MODE of the file's layout: "zero" for native files (as the upstream Hugging Face model
+    runs them), "scaled_input" (p_skip * x) for legacy ones."""
     layout = hf_config_layout(hf)
+    if skip_mode is None:
+        skip_mode = DEFAULT_SKIP_MODE[layout]
     f = _Fields(hf, layout)
     _check_common(f)
     geometry = _from_legacy(f) if layout == "legacy" else _from_native(f)
@@ -272,7 +281,7 @@ def from_hf_config(hf: dict[str, Any], skip_mode: str = "scaled_input") -> ZayaC
 
 def to_hf_config(config: ZayaConfig, layout: str) -> dict[str, Any]:
     """The config.json of a checkpoint in the given layout; from_hf_config reads it back to `config`
-    (skip_mode aside, which config.json does not carry)."""
+    (skip_mode aside, which config.json does not carry: reading gives the layout's DEFAULT_SKIP_MODE)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     common = dict(model_type="zaya", architectures=["ZayaForCausalLM"], vocab_size=config.vocab_size,

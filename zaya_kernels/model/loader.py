@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import LAYOUTS, ZayaConfig, from_hf_config, to_hf_config
-from .model import ZayaModel
+from .model import DTYPES, ZayaModel
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -27,6 +27,8 @@ CONFIG_FILE = "config.json"
 # Residual-merge vectors: checkpoint suffix -> ResidualMerge attribute (both layouts).
 _MERGE = (("hidden_states_scale", "hidden_scale"), ("hidden_states_bias", "hidden_bias"),
           ("residual_scale", "residual_scale"), ("residual_bias", "residual_bias"))
+# safetensors dtype names -> the model dtype a checkpoint stored in them runs in (dtype=None, "auto").
+_STORED_DTYPES = {"BF16": torch.bfloat16, "F32": torch.float32, "F16": torch.float32, "F64": torch.float32}
 
 
 class CheckpointError(ValueError):
@@ -182,7 +184,7 @@ def checkpoint_layout(keys) -> str:
 @torch.no_grad()
 def load_weights_(model: ZayaModel, path: str | Path) -> str:
     """Fill every parameter and buffer of `model` from a checkpoint (either layout, detected from the tensor
-    names) and return the layout. Tensors are cast to the model's dtypes (bf16; the balancing biases
+    names) and return the layout. Tensors are cast to the model's dtypes (its dtype; the balancing biases
     fp32). The whole checkpoint is checked first: missing, unexpected, mis-shaped or non-float tensors
     raise CheckpointError naming them, and nothing is written."""
     path = Path(path)
@@ -228,16 +230,40 @@ def load_weights_(model: ZayaModel, path: str | Path) -> str:
     return layout
 
 
+def stored_dtype(path: str | Path) -> torch.dtype:
+    """The model dtype a checkpoint's weights ask for: that of its embedding (bf16 -> bf16; fp32, and fp16
+    or fp64, which the model does not run in, -> fp32)."""
+    path = Path(path)
+    located = _tensor_files(path)
+    key = "model.embed_tokens.weight"
+    if key not in located:
+        raise CheckpointError(f"checkpoint {path} has no {key}")
+    with safe_open(str(located[key]), framework="pt") as f:
+        stored = f.get_slice(key).get_dtype()
+    if stored not in _STORED_DTYPES:
+        raise CheckpointError(f"tensor {key} has dtype {stored}, expected a float type")
+    return _STORED_DTYPES[stored]
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu", backend: str = "reference",
-               skip_mode: str = "scaled_input") -> ZayaModel:
-    """A ZayaModel from a checkpoint directory (config.json + safetensors), built directly on `device`."""
+               skip_mode: str | None = None, dtype: torch.dtype | None = None) -> ZayaModel:
+    """A ZayaModel from a checkpoint directory (config.json + safetensors), built directly on `device`.
+
+    dtype: torch.float32 or torch.bfloat16; None runs the reference backend in the checkpoint's own dtype
+    (stored_dtype: an fp32 checkpoint stays fp32) and the kernels in bf16, the only dtype they take.
+    skip_mode: None gives the layout's default (config.DEFAULT_SKIP_MODE): "zero" for native checkpoints,
+    as the upstream Hugging Face model runs them, "scaled_input" (p_skip * x) for legacy ones."""
     path = Path(path)
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
         raise CheckpointError(f"no {CONFIG_FILE} in {path}")
     config = from_hf_config(json.loads(config_file.read_text()), skip_mode=skip_mode)
+    if dtype is None:
+        dtype = torch.bfloat16 if backend == "kernels" else stored_dtype(path)
+    elif dtype not in DTYPES:
+        raise ValueError(f"dtype must be None or one of {DTYPES}, got {dtype}")
     with torch.device(device):
-        model = ZayaModel(config, backend=backend)
+        model = ZayaModel(config, backend=backend, dtype=dtype)
     load_weights_(model, path)
     return model
 
@@ -259,7 +285,8 @@ def save_checkpoint(model: ZayaModel, directory: str | Path, layout: str = "nati
     max_shard_bytes (a tensor larger than that gets a shard of its own) with model.safetensors.index.json."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_FILE).write_text(json.dumps(to_hf_config(model.config, layout), indent=2) + "\n")
+    hf_config = dict(to_hf_config(model.config, layout), torch_dtype=str(model.dtype).removeprefix("torch."))
+    (directory / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
     tensors = export_tensors(model, layout)
     if max_shard_bytes is None:
         save_file(tensors, str(directory / SINGLE_FILE), metadata={"format": "pt"})

@@ -23,8 +23,8 @@ MOE_BLOCK_M = 64
 @dataclass
 class LayerCache:
     """One CCA layer's slice of the state (views into DecodeState's tensors)."""
-    k_cache: torch.Tensor      # [num_pages, page_size, Hkv, D] bf16: keys after norm, temperature and RoPE
-    v_cache: torch.Tensor      # [num_pages, page_size, Hkv, D] bf16: head group 0 current value, group 1 delayed
+    k_cache: torch.Tensor      # [num_pages, page_size, Hkv, D] model dtype: keys after norm, temperature and RoPE
+    v_cache: torch.Tensor      # [num_pages, page_size, Hkv, D] model dtype: head group 0 current value, group 1 delayed
     conv_state: torch.Tensor   # [B, C, 2] fp32: raw projections (u_{t-2}, u_{t-1}) of each sequence
     value_state: torch.Tensor  # [B, Hkv*D/2] fp32: W_v2 x_{t-1} of each sequence
 
@@ -40,33 +40,36 @@ class BatchInfo:
 
 
 class Workspace:
-    """Every intermediate of a forward pass over n packed tokens, so that the layers allocate nothing."""
+    """Every intermediate of a forward pass over n packed tokens, so that the layers allocate nothing.
+    Activations are in the model's dtype (bf16 for the kernels; fp32 or bf16 for the reference backend);
+    the residual stream, its statistics and the route weights are fp32 whatever the dtype (§3)."""
 
-    def __init__(self, config: ZayaConfig, num_tokens: int, device: torch.device, logits_rows: int):
+    def __init__(self, config: ZayaConfig, num_tokens: int, device: torch.device, logits_rows: int,
+                 dtype: torch.dtype = torch.bfloat16):
         n, h, dev = num_tokens, config.hidden_size, device
-        bf16, fp32, i32 = torch.bfloat16, torch.float32, torch.int32
+        act, fp32, i32 = dtype, torch.float32, torch.int32
         self.num_tokens = n
         self.token_ids = torch.zeros(n, dtype=torch.int64, device=dev)               # [n] input ids
         self.residual = torch.empty(n, h, dtype=fp32, device=dev)                    # [n, H] fp32 residual stream
         self.scratch = torch.empty(n, h, dtype=fp32, device=dev)                     # [n, H] fp32 temporaries
         self.row_stat = torch.empty(n, 1, dtype=fp32, device=dev)                    # [n, 1] RMSNorm statistic
-        self.x = torch.empty(n, h, dtype=bf16, device=dev)                           # [n, H] sub-layer input
-        self.y = torch.empty(n, h, dtype=bf16, device=dev)                           # [n, H] sub-layer output
-        self.proj = torch.empty(n, config.proj_width, dtype=bf16, device=dev)        # [n, q|k|v1|v2]
-        self.q = torch.empty(n, config.num_q_heads, config.head_dim, dtype=bf16, device=dev)     # [n, Hq, D]
-        self.attn = torch.empty(n, config.num_q_heads, config.head_dim, dtype=bf16, device=dev)  # [n, Hq, D]
+        self.x = torch.empty(n, h, dtype=act, device=dev)                            # [n, H] sub-layer input
+        self.y = torch.empty(n, h, dtype=act, device=dev)                            # [n, H] sub-layer output
+        self.proj = torch.empty(n, config.proj_width, dtype=act, device=dev)         # [n, q|k|v1|v2]
+        self.q = torch.empty(n, config.num_q_heads, config.head_dim, dtype=act, device=dev)      # [n, Hq, D]
+        self.attn = torch.empty(n, config.num_q_heads, config.head_dim, dtype=act, device=dev)   # [n, Hq, D]
         self.route_weights = torch.empty(n, 1, dtype=fp32, device=dev)               # [n, 1] p of the chosen route
         self.route_ids = torch.empty(n, 1, dtype=i32, device=dev)                    # [n, 1] chosen route, E = skip
-        # EDA router state, ping-pong between consecutive MoE layers: [n, R] bf16 each.
-        self.eda = (torch.empty(n, config.router_width, dtype=bf16, device=dev),
-                    torch.empty(n, config.router_width, dtype=bf16, device=dev))
+        # EDA router state, ping-pong between consecutive MoE layers: [n, R] each, in the activations' dtype.
+        self.eda = (torch.empty(n, config.router_width, dtype=act, device=dev),
+                    torch.empty(n, config.router_width, dtype=act, device=dev))
         capacity = n + config.num_experts * (MOE_BLOCK_M - 1)
         self.sorted_token_ids = torch.empty(capacity, dtype=i32, device=dev)
         self.block_expert_ids = torch.empty((capacity + MOE_BLOCK_M - 1) // MOE_BLOCK_M, dtype=i32, device=dev)
         self.expert_offsets = torch.empty(config.num_experts + 1, dtype=i32, device=dev)
         self.num_padded = torch.empty(1, dtype=i32, device=dev)
         self.route_workspace = route_workspace(dev)                                   # zaya_route's, zero between calls
-        logits_dtype = fp32 if config.fp32_logits else bf16
+        logits_dtype = fp32 if config.fp32_logits else act
         self.logits = torch.empty(logits_rows, config.vocab_size, dtype=logits_dtype, device=dev)  # [rows, V]
 
     def align_buffers(self):
@@ -78,30 +81,31 @@ class DecodeState:
 
     Pages are assigned statically: page j of sequence b is page j*B + b, so sequences interleave in the
     pool (the block table is exercised, not a contiguous special case). Capacity per sequence is
-    max_pages * page_size tokens.
+    max_pages * page_size tokens. The KV cache and the decode step's activations are in `dtype` (the
+    model's); the recurrent states are fp32 (§4.3).
     """
 
     def __init__(self, config: ZayaConfig, batch_size: int, max_seq_len: int, page_size: int = 16,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16):
         if batch_size < 1 or max_seq_len < 1 or page_size < 1:
             raise ValueError(f"batch_size, max_seq_len and page_size must be >= 1, got {batch_size}, {max_seq_len}, "
                              f"{page_size}")
         dev = torch.device(device)
-        self.config, self.batch_size, self.page_size = config, batch_size, page_size
+        self.config, self.batch_size, self.page_size, self.dtype = config, batch_size, page_size, dtype
         self.max_pages = -(-max_seq_len // page_size)
         self.capacity = self.max_pages * page_size
         num_pages = self.max_pages * batch_size
         layers, b = config.num_blocks, batch_size
         cache_shape = (layers, num_pages, page_size, config.num_kv_heads, config.head_dim)
-        self.k_cache = torch.zeros(cache_shape, dtype=torch.bfloat16, device=dev)       # [L, pages, page, Hkv, D]
-        self.v_cache = torch.zeros(cache_shape, dtype=torch.bfloat16, device=dev)
+        self.k_cache = torch.zeros(cache_shape, dtype=dtype, device=dev)                # [L, pages, page, Hkv, D]
+        self.v_cache = torch.zeros(cache_shape, dtype=dtype, device=dev)
         self.conv_state = torch.zeros(layers, b, config.conv_channels, 2, dtype=torch.float32, device=dev)
         self.value_state = torch.zeros(layers, b, config.value_width, dtype=torch.float32, device=dev)
         pages = torch.arange(self.max_pages, dtype=torch.int32, device=dev)
         self.block_table = (pages[None, :] * b + torch.arange(b, dtype=torch.int32, device=dev)[:, None]).contiguous()
         self.seq_lens = torch.zeros(b, dtype=torch.int32, device=dev)                   # [B] tokens cached
         # The decode step's own buffers: one token per sequence.
-        self.decode_ws = Workspace(config, b, dev, logits_rows=b)
+        self.decode_ws = Workspace(config, b, dev, logits_rows=b, dtype=dtype)
         self.decode_lens = torch.empty(b, dtype=torch.int32, device=dev)               # [B] seq_lens + 1
         self.decode_batch = BatchInfo(cu_seqlens=torch.arange(b + 1, dtype=torch.int32, device=dev),
                                       seq_start=self.seq_lens, seq_lens_k=self.decode_lens,
