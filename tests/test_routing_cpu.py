@@ -24,7 +24,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import zaya_kernels  # noqa: F401  (registers torch.ops.zaya)
 from zaya_kernels import reference
+
+from . import naive
+from .util import eps_router_case, reference_scores, router_args, router_weights
 
 REPO = Path(__file__).resolve().parent.parent
 PASS_PAIRS = 1024          # csrc/common/params.h kAlignPassPairs: a chunk of the chunked path is whole passes
@@ -445,3 +449,169 @@ def test_accumulator_columns_are_the_next_a_fragment():
             packed = [(d_pos(8 * j + 2 * w), d_pos(8 * j + 2 * w + 1)) for w in range(4)]
             for (row, k), (lo, hi) in zip(a_words, packed):
                 assert lo == (row, 16 * j + k) and hi == (row, 16 * j + k + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. the routing ops through torch.ops.zaya on the CPU (the reference), on the cases the GPU tests
+#    (tests/test_routing_gpu.py) give the kernels: each checked here against the naive loops or a
+#    documented rule, so that the GPU tests compare the kernels with something known right
+# ---------------------------------------------------------------------------------------------
+
+ROUTES = 17
+SKIP = ROUTES - 1
+needs_ops = pytest.mark.skipif(not zaya_kernels.extension_loaded(),
+                               reason=f"zaya_kernels._C not built: {zaya_kernels.BUILD_ERROR}")
+
+
+def cpu_workspace() -> torch.Tensor:
+    return torch.zeros(1024, dtype=torch.uint8)
+
+
+def small_router_case(tokens, gen, hidden=512, routes=ROUTES, eda=True):
+    w = router_weights(gen, routes=routes, hidden=hidden)
+    x = torch.randn(tokens, hidden, generator=gen).bfloat16()
+    r_prev = torch.randn(tokens, 256, generator=gen).bfloat16() if eda else None
+    return x, r_prev, w
+
+
+@needs_ops
+@pytest.mark.parametrize("eps", (1e-2, 1e-8))
+def test_router_eps_is_used(eps):
+    """eps = 1e-2 and 1e-8 against 1e-5, on rows small enough that RMSNorm's eps decides n: the op
+    equals the naive loops at that eps, and differs from eps = 1e-5 for many tokens (a kernel that
+    ignored eps would fail the GPU twin of this test). The GPU test's own case (ZAYA1 shape, 1000
+    tokens) is checked to move at least 10% of the tokens too."""
+    x, r_prev, w = eps_router_case(160, eps, hidden=64, width=16, routes=5)
+    weights, ids, _ = torch.ops.zaya.zaya_router(*router_args(x, r_prev, w, eps))
+    naive_weights, naive_ids, _ = naive.zaya_router(*router_args(x, r_prev, w, eps))
+    assert ids.flatten().tolist() == naive_ids
+    torch.testing.assert_close(weights.flatten().double(), torch.tensor(naive_weights, dtype=torch.float64),
+                               rtol=1e-4, atol=1e-6)
+    default_ids = torch.ops.zaya.zaya_router(*router_args(x, r_prev, w, 1e-5))[1]
+    assert (ids != default_ids).float().mean().item() > 0.1
+    x, r_prev, w = eps_router_case(1000, eps)
+    moved = (torch.ops.zaya.zaya_router(*router_args(x, r_prev, w, eps))[1]
+             != torch.ops.zaya.zaya_router(*router_args(x, r_prev, w, 1e-5))[1]).float().mean().item()
+    assert moved > 0.1, f"eps = {eps:g} moved only {moved:.1%} of the GPU test's tokens"
+
+
+@needs_ops
+@pytest.mark.parametrize("block_m", (1, 16, 64, 128))
+@pytest.mark.parametrize("tokens", (0, 1, 300))
+def test_route_align_with_skip_tokens(tokens, block_m, gen):
+    """zaya_route's align outputs equal the naive align of its ids over the E' - 1 experts: skip-route
+    tokens in no segment; its router outputs equal zaya_router's."""
+    x, r_prev, w = small_router_case(tokens, gen)
+    w["balancing_bias"][SKIP] = 0.06  # about a third of the tokens take the skip route
+    out = torch.ops.zaya.zaya_route(*router_args(x, r_prev, w)[:-1], cpu_workspace(), block_m, 1e-5)
+    router = torch.ops.zaya.zaya_router(*router_args(x, r_prev, w))
+    for got, want in zip(out[:3], router):
+        assert torch.equal(got, want)
+    ids = out[1]
+    if tokens > 1:
+        share = (ids == SKIP).float().mean().item()
+        assert 0.1 < share < 0.9, f"the case needs skip-route tokens and experts, got {share:.0%} skips"
+    sorted_ids, blocks, offsets, num_padded = naive.moe_align(ids, SKIP, block_m)
+    assert out[3].tolist() == sorted_ids and out[4].tolist() == blocks
+    assert out[5].tolist() == offsets and out[6].tolist() == [num_padded]
+    placed = set(out[3][:num_padded].tolist()) - {tokens}
+    assert placed == set((ids.flatten() != SKIP).nonzero().flatten().tolist()), "skip tokens go to no expert"
+
+
+@needs_ops
+def test_router_row_strided_inputs(gen):
+    """x and r_prev as column windows of wider tensors (row strides H + 24 and R + 16) give the results
+    of their contiguous copies."""
+    x, r_prev, w = small_router_case(37, gen)
+    x_wide = torch.randn(37, 512 + 24, generator=gen).bfloat16()
+    r_wide = torch.randn(37, 256 + 16, generator=gen).bfloat16()
+    x_wide[:, 8:520], r_wide[:, 8:264] = x, r_prev
+    x_view, r_view = x_wide[:, 8:520], r_wide[:, 8:264]
+    assert x_view.stride() == (536, 1) and r_view.stride() == (272, 1)
+    for got, want in zip(torch.ops.zaya.zaya_router(*router_args(x_view, r_view, w)),
+                         torch.ops.zaya.zaya_router(*router_args(x, r_prev, w))):
+        assert torch.equal(got, want)
+
+
+@needs_ops
+def test_router_non_finite_r_prev_rows(gen):
+    """A token whose r_prev row holds NaN or an infinity gets id 0 and weight NaN, its r_out row is
+    non-finite; every other token is as without those rows."""
+    x, r_prev, w = small_router_case(40, gen)
+    bad = [0, 9, 21, 39]
+    r_prev[0, 3] = float("nan")
+    r_prev[9, 100] = float("inf")
+    r_prev[21, 255] = -float("inf")
+    r_prev[39] = float("nan")
+    weights, ids, r_out = torch.ops.zaya.zaya_router(*router_args(x, r_prev, w))
+    assert ids[bad].flatten().tolist() == [0] * 4 and torch.isnan(weights[bad]).all()
+    assert (~torch.isfinite(r_out[bad].float())).any(dim=1).all()
+    good = [t for t in range(40) if t not in bad]
+    clean = torch.ops.zaya.zaya_router(*router_args(x[good], r_prev[good], w))
+    for got, want in zip((weights[good], ids[good], r_out[good]), clean):
+        assert torch.equal(got, want)
+
+
+def tie_weights(gen, tied=(3, 7), bias=1.0):
+    """Router weights whose out_w rows `tied` are one row and whose balancing biases for them are equal and
+    high: those routes' scores are exactly equal and beat every other route for every token."""
+    w = router_weights(gen)
+    for route in tied[1:]:
+        w["out_w"][route] = w["out_w"][tied[0]]
+    w["balancing_bias"][list(tied)] = bias
+    return w
+
+
+@needs_ops
+@pytest.mark.parametrize("tied", ((3, 7), (2, 9, SKIP), (0, 1), (5, SKIP)))
+def test_router_exact_ties_go_to_the_lower_index(tied, gen):
+    w = tie_weights(gen, tied)
+    x = torch.randn(50, 2048, generator=gen).bfloat16()
+    r_prev = torch.randn(50, 256, generator=gen).bfloat16()
+    scores = reference_scores(x, r_prev, w)
+    assert (scores[:, list(tied)] == scores[:, tied[:1]]).all(), "the tied routes' scores are exactly equal"
+    weights, ids, _ = torch.ops.zaya.zaya_router(*router_args(x, r_prev, w))
+    assert (ids == tied[0]).all()
+    naive_weights, naive_ids, _ = naive.zaya_router(*router_args(x[:2], r_prev[:2], w))
+    assert naive_ids == [tied[0]] * 2
+    torch.testing.assert_close(weights[:2].flatten().double(), torch.tensor(naive_weights, dtype=torch.float64),
+                               rtol=1e-4, atol=1e-6)
+
+
+@needs_ops
+@pytest.mark.parametrize("hidden,routes", [(512, 2), (1024, 5), (1536, 32), (512, 32)])
+def test_router_hidden_and_routes(hidden, routes, gen):
+    """H and E' other than ZAYA1's 2048 / 17 (the kernels take H a multiple of 512 up to 2048 and E' in
+    2..32): the op equals the naive loops; zaya_route's align runs over E' - 1 experts."""
+    x, r_prev, w = small_router_case(3, gen, hidden=hidden, routes=routes)
+    weights, ids, r_out = torch.ops.zaya.zaya_router(*router_args(x, r_prev, w))
+    naive_weights, naive_ids, naive_r = naive.zaya_router(*router_args(x, r_prev, w))
+    assert ids.flatten().tolist() == naive_ids
+    torch.testing.assert_close(weights.flatten().double(), torch.tensor(naive_weights, dtype=torch.float64),
+                               rtol=1e-4, atol=1e-6)
+    out = torch.ops.zaya.zaya_route(*router_args(x, r_prev, w)[:-1], cpu_workspace(), 16, 1e-5)
+    assert out[5].shape == (routes,) and out[5].tolist() == naive.moe_align(ids, routes - 1, 16)[2]
+
+
+@needs_ops
+def test_topk_gating_nan_bias_ranks_last():
+    """A NaN bias entry ranks its route as -inf: chosen only after every finite score, weight still its p."""
+    logits = torch.tensor([[0.0, 1.0, 2.0, 0.5], [3.0, 1.0, 2.0, 0.5]])
+    bias = torch.tensor([0.0, 0.0, float("nan"), 0.0])
+    weights, ids = torch.ops.zaya.topk_gating(logits, bias, 2)
+    p = torch.softmax(logits, dim=-1)
+    assert ids.tolist() == [[1, 3], [0, 1]]
+    assert torch.equal(weights, torch.gather(p, 1, ids.long()))
+    weights, ids = torch.ops.zaya.topk_gating(logits, torch.full((4,), float("nan")), 3)
+    assert ids.tolist() == [[0, 1, 2]] * 2 and torch.equal(weights, p[:, :3])
+
+
+@needs_ops
+def test_topk_gating_renormalize_over_zero_p_is_nan():
+    """renormalize over chosen routes whose p are all 0 (a bias outranks every route with p > 0): 0 / 0."""
+    logits = torch.tensor([[0.0, -200.0, -200.0, -1.0]])
+    bias = torch.tensor([0.0, 2.0, 2.0, 0.0])
+    weights, ids = torch.ops.zaya.topk_gating(logits, bias, 2, True)
+    assert ids.tolist() == [[1, 2]] and torch.isnan(weights).all()
+    weights, ids = torch.ops.zaya.topk_gating(logits, bias, 2, False)
+    assert weights.tolist() == [[0.0, 0.0]]
