@@ -178,6 +178,12 @@ constexpr int64_t kRouteWorkspaceBytes = kRouteFusedMaxTokens;
 
 // ---- experts (grouped_gemm, moe_mlp): params below this line, owned by the experts kernels ----
 
+// Which kernels run an experts op. kAuto: by shape (csrc/cuda/experts_sm90.cu has the heuristic and its
+// numbers); the host launchers set kSmall / kTiled from ZAYA_EXPERTS_REGIME=small|tiled (tests, benchmarks).
+//   kSmall: the weight-bandwidth-bound decode regime (swap-AB mma.sync, every SM streaming weight rows).
+//   kTiled: the tensor-core-bound regime (persistent wgmma/TMA tiles).
+enum class ExpertsRegime : int32_t { kAuto = 0, kSmall = 1, kTiled = 2 };
+
 // grouped_gemm: c[rows of expert e] = a[rows of expert e] @ w[e]^T for the row segments
 // [expert_offsets[e], expert_offsets[e+1]); rows outside every segment are written as zero.
 // The offsets live on the device (no host sync): kernels read them and derive each tile's expert.
@@ -193,6 +199,7 @@ struct GroupedGemmParams {
   int32_t k;                       // K, the reduction length
   int32_t num_experts;             // E >= 1
   void* workspace;                 // launcher-allocated scratch (grouped_gemm_workspace_bytes), or nullptr
+  ExpertsRegime regime;            // kAuto unless forced (ZAYA_EXPERTS_REGIME)
 };
 
 enum class SkipMode : int32_t { kScaledInput = 0, kZero = 1 };
@@ -221,7 +228,29 @@ struct MoeMlpParams {
   int32_t capacity;                // sorted_token_ids.numel() = T*k + E*(block_m - 1)
   SkipMode skip_mode;
   void* workspace;                 // launcher-allocated scratch (moe_mlp_workspace_bytes), or nullptr
+  ExpertsRegime regime;            // kAuto unless forced (ZAYA_EXPERTS_REGIME)
 };
+
+// The fused moe_mlp pipeline's intermediates, shared by both regimes (D1-tiled and D2-decode agree on
+// them so that either regime's fc1 / fc2 and the portable skip / combine kernels
+// (common/experts_rows.cuh) fit together). In params.workspace, in this order, each 256-byte aligned:
+//   act      [capacity, F] bf16: SiLU(gate) * up rounded to bf16, row = slot of sorted_token_ids (fc1's
+//            output, fc2's input); rows of padding slots are never written nor read.
+//   pair_out [T*k, H] fp32, k > 1 only: row = pair index t*k + j, expert output times topk_weights[t, j];
+//            the combine kernel sums the k rows of a token in slot order (plus the skip term) and rounds
+//            once to bf16. With k == 1 fc2 stores bf16(weight * acc) into out directly.
+// moe_mlp_act_bytes (also pair_out's offset) and moe_mlp_pair_out_bytes give the layout;
+// moe_mlp_workspace_bytes (launch.h) the whole size, which a regime may extend past these two.
+constexpr int64_t kExpertsWorkspaceAlign = 256;
+constexpr int64_t experts_align_up(int64_t bytes) {
+  return (bytes + kExpertsWorkspaceAlign - 1) / kExpertsWorkspaceAlign * kExpertsWorkspaceAlign;
+}
+constexpr int64_t moe_mlp_act_bytes(int64_t capacity, int64_t ffn) { return experts_align_up(capacity * ffn * 2); }
+constexpr int64_t moe_mlp_pair_out_bytes(int64_t pairs, int64_t hidden, int64_t k) {
+  return k == 1 ? 0 : experts_align_up(pairs * hidden * 4);
+}
+// The kernels' bound on E (the launchers check it): a CTA's threads own one expert each in the work-list scan.
+constexpr int kExpertsMaxExperts = 256;
 
 // ---- end experts ----
 
