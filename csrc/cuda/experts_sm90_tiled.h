@@ -43,8 +43,11 @@ const char* launch_grouped_gemm_tiled_sm90(const GroupedGemmParams& p, void* str
 //       k  > 1: pair_out[pair] = topk_weights[pair] * y in fp32 ([T*k, H], row stride H)
 //     Rows of out / pair_out that no segment slot names (skip-route and dropped pairs) are NOT written:
 //     the dispatch's skip / combine kernels (common/experts_rows.cuh, D2) write them / sum them.
-//  Buffers: x_sorted [capacity, H] bf16 (moe_tiled_x_sorted_bytes, 256-byte aligned, caller's workspace),
-//  act [capacity, F] bf16 and pair_out as params.h's workspace layout says.
+//  3. (the dispatch's) experts::moe_rows_kernel (common/experts_rows.cuh): k == 1 the skip / no-expert rows,
+//     k > 1 the combine of pair_out.
+//  Buffers, all in params.workspace: act [capacity, F] bf16, then pair_out [T*k, H] fp32 when k > 1 (params.h's
+//  layout), then x_sorted [capacity, H] bf16 at moe_mlp_act_bytes + moe_mlp_pair_out_bytes (moe_tiled_x_sorted_bytes
+//  more bytes; every region 256-byte aligned). moe_mlp_tiled_supported(p) must hold (the launches check it too).
 constexpr int64_t moe_tiled_x_sorted_bytes(int64_t capacity, int64_t hidden) {
   return experts_align_up(capacity * hidden * 2);
 }

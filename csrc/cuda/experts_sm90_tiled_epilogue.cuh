@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: Apache-2.0
+// experts_sm90_tiled_epilogue.cuh: what the tiled experts kernel's consumers do with a finished tile
+// (straight from the wgmma accumulators to global memory), the zero rows of grouped_gemm, and the row
+// gather that feeds moe fc1.
+//
+// Accumulator layout (wgmma m64n256 D, zaya_router_sm90_mma.cuh), g = lane / 4, q = lane % 4: thread
+// (warp w of consumer c) holds tile rows 64c + 16w + g ("row a") and +8 ("row b"); acc[4i + 0, 1] are
+// row a's columns 8i + 2q, +1 and acc[4i + 2, 3] row b's, i = 0..31.
+#pragma once
+
+#include "experts_sm90_tiled_load.cuh"
+#include "zaya_router_sm90_mma.cuh"
+
+namespace zk {
+namespace tiled {
+
+// Two adjacent bf16 outputs at columns col, col + 1 of a row; columns at or past `cols` are not stored.
+ZK_DEVICE void store_bf16_pair(uint16_t* row, int32_t col, int32_t cols, float v0, float v1, bool pair_stores) {
+  if (pair_stores && col + 1 < cols) {
+    *reinterpret_cast<uint32_t*>(row + col) = sm90::pack_bf16x2_rn(v0, v1);
+  } else {
+    if (col < cols) row[col] = float_to_bf16(v0);
+    if (col + 1 < cols) row[col + 1] = float_to_bf16(v1);
+  }
+}
+
+// SiLU(g) * u in fp32 as the reference computes it (g * sigmoid(g)); for g -> -inf the quotient is -0.
+ZK_DEVICE float swiglu(float gate, float up) { return __fdividef(gate, 1.f + __expf(-gate)) * up; }
+
+// The pair index a slot holds, or -1 for padding (and for anything outside [0, num_pairs)).
+ZK_DEVICE int32_t slot_pair(const TiledGemmArgs& args, int32_t slot) {
+  const int32_t pair = args.sorted_token_ids[slot];
+  return pair >= 0 && pair < args.num_pairs ? pair : -1;
+}
+
+// Stores this thread's two rows (h = 0: row a, 1: row b) of a finished tile.
+template <EpilogueKind kKind>
+ZK_DEVICE void store_tile(const TiledGemmArgs& args, const TileCoords& t, const float (&acc)[128], int32_t row_a,
+                          int q) {
+  const int32_t row_limit = t.row_end < args.rows ? t.row_end : args.rows;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int32_t row = row_a + 8 * h;
+    if (row >= row_limit) continue;
+    if constexpr (kKind == EpilogueKind::kPlain) {
+      uint16_t* out = static_cast<uint16_t*>(args.out) + row * args.out_row_stride;
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        store_bf16_pair(out, kTileN * t.col_tile + 8 * i + 2 * q, args.out_cols, acc[4 * i + 2 * h],
+                        acc[4 * i + 2 * h + 1], args.pair_stores != 0);
+      }
+    } else if constexpr (kKind == EpilogueKind::kSwiglu) {
+      if (slot_pair(args, row) < 0) continue;
+      uint16_t* out = static_cast<uint16_t*>(args.out) + row * args.out_row_stride;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {  // gate columns 0..127, their up columns 128..255 (b_box_rows)
+        const float a0 = swiglu(acc[4 * i + 2 * h], acc[4 * (i + 16) + 2 * h]);
+        const float a1 = swiglu(acc[4 * i + 2 * h + 1], acc[4 * (i + 16) + 2 * h + 1]);
+        store_bf16_pair(out, kBoxRows * t.col_tile + 8 * i + 2 * q, args.out_cols, a0, a1, args.pair_stores != 0);
+      }
+    } else {
+      const int32_t pair = slot_pair(args, row);
+      if (pair < 0) continue;
+      const float weight = args.topk_weights[pair];
+      if constexpr (kKind == EpilogueKind::kCombineBf16) {
+        uint16_t* out = static_cast<uint16_t*>(args.out) + (pair / args.top_k) * args.out_row_stride;
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+          store_bf16_pair(out, kTileN * t.col_tile + 8 * i + 2 * q, args.out_cols, weight * acc[4 * i + 2 * h],
+                          weight * acc[4 * i + 2 * h + 1], args.pair_stores != 0);
+        }
+      } else {
+        // pair_out rows are H fp32 (H % 8 == 0) in a 256-byte aligned workspace: 8-byte pair stores.
+        float* out = static_cast<float*>(args.out) + pair * args.out_row_stride;
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+          const int32_t col = kTileN * t.col_tile + 8 * i + 2 * q;
+          if (col < args.out_cols) {
+            *reinterpret_cast<float2*>(out + col) =
+                make_float2(weight * acc[4 * i + 2 * h], weight * acc[4 * i + 2 * h + 1]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// grouped_gemm: rows of c outside every segment ([0, offsets[0]) and [offsets[E], M)) are zeros. Spread
+// over every consumer thread of the grid (`thread` of `threads` in this CTA), after its tiles.
+ZK_DEVICE void zero_rows_outside_segments(const TiledGemmArgs& args, const TiledSmem& s, int thread, int threads) {
+  const int32_t rows = args.rows;
+  const int32_t first = min(max(s.offsets[0], 0), rows);
+  const int32_t last = min(max(s.offsets[args.num_experts], first), rows);
+  const int64_t zero_rows = static_cast<int64_t>(first) + (rows - last);
+  const int32_t per_chunk = args.wide_stores ? 8 : 1;  // 16-byte or 2-byte stores
+  const int64_t chunks = (args.out_cols + per_chunk - 1) / per_chunk;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * threads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * threads + thread; i < zero_rows * chunks; i += stride) {
+    const int64_t r = i / chunks;
+    const int64_t row = r < first ? r : last + (r - first);
+    uint16_t* out = static_cast<uint16_t*>(args.out) + row * args.out_row_stride + (i - r * chunks) * per_chunk;
+    if (args.wide_stores) {
+      *reinterpret_cast<uint4*>(out) = make_uint4(0u, 0u, 0u, 0u);
+    } else {
+      *out = 0;
+    }
+  }
+}
+
+// moe fc1's input rows: x_sorted[s] = x[sorted_token_ids[s] / k] for the slots s of every segment that are
+// not padding (padding slots' rows are left as they are: nothing stores their results). One CTA per slot
+// at a time, 16-byte copies where x's rows allow them.
+struct GatherArgs {
+  const uint16_t* x;                // [T, H] bf16, row stride x_row_stride
+  int64_t x_row_stride;             // elements
+  const int32_t* sorted_token_ids;  // [capacity] int32
+  const int32_t* offsets;           // [E + 1] int32: the slots to gather are [offsets[0], offsets[E])
+  int32_t num_experts;
+  int32_t num_pairs;                // T * k (the padding value)
+  int32_t top_k;
+  int32_t hidden;                   // H, a multiple of 8
+  int32_t capacity;
+  int32_t wide_loads;               // 1: x and x_row_stride allow 16-byte loads
+  uint16_t* x_sorted;               // [capacity, H] bf16, contiguous, 16-byte aligned
+};
+
+constexpr int kGatherThreads = 256;  // H = 2048: one 16-byte piece per thread
+
+__global__ void __launch_bounds__(kGatherThreads) gather_rows_kernel(const GatherArgs args) {
+  wait_for_prerequisite_grids();  // sorted_token_ids and offsets come from the align before this
+  const int32_t first = max(args.offsets[0], 0);
+  const int32_t last = min(args.offsets[args.num_experts], args.capacity);
+  for (int32_t slot = first + blockIdx.x; slot < last; slot += gridDim.x) {
+    const int32_t pair = args.sorted_token_ids[slot];
+    if (pair < 0 || pair >= args.num_pairs) continue;
+    const uint16_t* src = args.x + static_cast<int64_t>(pair / args.top_k) * args.x_row_stride;
+    uint16_t* dst = args.x_sorted + static_cast<int64_t>(slot) * args.hidden;
+    if (args.wide_loads) {
+      for (int32_t c = threadIdx.x; c < args.hidden / 8; c += kGatherThreads) {
+        reinterpret_cast<uint4*>(dst)[c] = reinterpret_cast<const uint4*>(src)[c];
+      }
+    } else {
+      for (int32_t c = threadIdx.x; c < args.hidden; c += kGatherThreads) dst[c] = src[c];
+    }
+  }
+}
+
+}  // namespace tiled
+}  // namespace zk

@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: Apache-2.0
+// experts_sm90_tiled_kernel.cuh: the persistent, warp-specialised grouped GEMM of the tiled experts regime:
+//   c[rows of segment e, 256 columns] = A[rows] @ B_e^T, 128 x 256 x 64 tiles, bf16 in, fp32 accumulate.
+// 384 threads: warpgroup 0 is the producer (one thread issues TMA; setmaxnreg frees its registers),
+// warpgroups 1 and 2 the consumers (64 rows each; epilogue straight from the accumulators).
+// Why 128 x 256: a k-step reads 48 KB of A + B from L2 for 4.2 MFLOP (85 FLOP per byte): at 755 TFLOP/s
+// that is ~8.9 TB/s of L2 reads chip-wide; 128 x 128 tiles would need 1.5x as many bytes per FLOP.
+// Every CTA derives the tile list from expert_offsets (experts_sm90_tiled_schedule.cuh).
+#pragma once
+
+#include "../common/compat.h"
+#include "experts_sm90_tiled_epilogue.cuh"
+#include "experts_sm90_tiled_load.cuh"
+#include "experts_sm90_tiled_mma.cuh"
+#include "zaya_router_sm90_epilogue.cuh"  // align_smem_1024
+
+namespace zk {
+namespace tiled {
+
+// Register budget (setmaxnreg): 40 + 2 x 232 = 504 <= 512 per thread slot of 3 warpgroups. The consumer
+// holds 128 accumulators plus the epilogue's addresses; the producer's one thread walks the tile list.
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
+static_assert(kProducerRegisters + 2 * kConsumerRegisters <= 65536 / 128, "register file of one SM");
+
+template <int kRegisters>
+ZK_DEVICE void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kRegisters));
+}
+template <int kRegisters>
+ZK_DEVICE void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kRegisters));
+}
+
+// Warp 0: the segment starts into shared memory and prefix[e] = row tiles of the experts before e (a
+// warp scan over 8 experts per lane; E <= 256).
+ZK_DEVICE void load_schedule(const TiledGemmArgs& args, TiledSmem& s, int lane) {
+  const int num = args.num_experts;
+  for (int e = lane; e <= num; e += 32) s.offsets[e] = args.offsets[e];
+  __syncwarp();
+  constexpr int kPerLane = kExpertsMaxExperts / 32;
+  int32_t tiles[kPerLane];
+  int32_t sum = 0;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int e = kPerLane * lane + j;
+    tiles[j] = e < num ? segment_row_tiles(s.offsets[e + 1] - s.offsets[e]) : 0;
+    sum += tiles[j];
+  }
+  int32_t inclusive = sum;
+#pragma unroll
+  for (int d = 1; d < 32; d *= 2) {
+    const int32_t v = __shfl_up_sync(0xffffffffu, inclusive, d);
+    if (lane >= d) inclusive += v;
+  }
+  int32_t running = inclusive - sum;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int e = kPerLane * lane + j;
+    if (e < num) s.prefix[e] = running;
+    running += tiles[j];
+  }
+  if (lane == 31) s.prefix[num] = inclusive;
+}
+
+template <EpilogueKind kKind>
+ZK_DEVICE void tiled_consumer(const TiledGemmArgs& args, TiledSmem& s) {
+  const int consumer = threadIdx.x / 128 - 1;
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int32_t tiles = total_tiles(s, args);
+  const int32_t steps = k_steps(args);
+  RingPosition ring;
+  for (int32_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const TileCoords t = tile_coords(s.offsets, s.prefix, args.num_experts, args.col_tiles, tile);
+    float acc[128];
+    tiled_mainloop(s, ring, steps, consumer, lane, acc);
+    store_tile<kKind>(args, t, acc, t.row0 + 64 * consumer + 16 * warp + lane / 4, lane % 4);
+  }
+  if constexpr (kKind == EpilogueKind::kPlain) zero_rows_outside_segments(args, s, threadIdx.x - 128, 256);
+}
+
+template <EpilogueKind kKind>
+__global__ void __launch_bounds__(kThreads, 1) tiled_gemm_kernel(const __grid_constant__ TiledGemmArgs args) {
+  extern __shared__ uint8_t smem_raw[];
+  TiledSmem& s = *reinterpret_cast<TiledSmem*>(sm90::align_smem_1024(smem_raw));
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kStages; ++i) {
+      sm90::mbar_init(sm90::smem_addr(&s.full[i]), 1);
+      sm90::mbar_init(sm90::smem_addr(&s.empty[i]), kConsumerWarps);
+    }
+    sm90::mbar_init_fence();
+    sm90::tma_prefetch_descriptor(&args.a);
+    sm90::tma_prefetch_descriptor(&args.b);
+  }
+  // No allow_dependent_launch(): a dependent kernel started early would only hold SMs that this
+  // persistent grid's last tiles could use.
+  wait_for_prerequisite_grids();  // A, the offsets and the moe schedule come from the kernels before this
+  if (threadIdx.x < 32) load_schedule(args, s, threadIdx.x);
+  __syncthreads();
+  if (threadIdx.x < 128) {
+    setmaxnreg_dec<kProducerRegisters>();
+    if (threadIdx.x == 0) tiled_producer(args, s);
+  } else {
+    setmaxnreg_inc<kConsumerRegisters>();
+    tiled_consumer<kKind>(args, s);
+  }
+}
+
+}  // namespace tiled
+}  // namespace zk

@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: Apache-2.0
+// experts_sm90_tiled_load.cuh: what the tiled experts kernel loads and how: its arguments (tensor maps
+// and the epilogue's pointers), the shared-memory layout (a ring of kStages stages of A [128 x 64] and
+// B [256 x 64] bf16 boxes, 128-byte swizzled) and the producer, one thread issuing the TMA loads of every
+// tile this CTA owns, kStages - 1 stages ahead of the consumers and across tile boundaries.
+// The TMA, mbarrier and wgmma wrappers are the router's (zaya_router_sm90_load.cuh / _mma.cuh).
+#pragma once
+
+#include <cuda.h>  // CUtensorMap (the type only; tensor maps are encoded on the host)
+#include <stdint.h>
+
+#include "../common/params.h"
+#include "experts_sm90_tiled_schedule.cuh"
+#include "zaya_router_sm90_load.cuh"
+
+namespace zk {
+namespace tiled {
+
+// Which output the consumers' epilogue writes (experts_sm90_tiled_epilogue.cuh).
+enum class EpilogueKind : int32_t {
+  kPlain = 0,        // grouped_gemm: c[row] = bf16(acc), every row outside the segments zeroed
+  kSwiglu = 1,       // moe fc1: act[slot] = bf16(SiLU(gate) * up) for slots that are not padding
+  kCombineBf16 = 2,  // moe fc2, k == 1: out[t] = bf16(topk_weights[t] * acc)
+  kCombineF32 = 3,   // moe fc2, k > 1: pair_out[pair] = topk_weights[pair] * acc (fp32)
+};
+
+struct TiledGemmArgs {
+  CUtensorMap a;                     // A [rows, K] bf16, box {64, kBoxRows}; rows past the tensor read as 0
+  CUtensorMap b;                     // B [E * b_rows_per_expert, K] bf16 (weights as one matrix), same box
+  const int32_t* offsets;            // [E + 1] int32 segment starts (device)
+  int32_t num_experts;               // E, 1..kExpertsMaxExperts
+  int32_t k;                         // reduction length (K); k-steps = ceil(k / kTileK), the tail zero-filled
+  int32_t col_tiles;                 // column tiles per row tile
+  int32_t b_rows_per_expert;         // N (plain, combine) or 2F (SwiGLU)
+  int32_t up_offset;                 // SwiGLU: F, the up rows' offset from the gate rows; else 0
+  void* out;                         // kPlain: c [M, N] bf16; kSwiglu: act [capacity, F] bf16;
+                                     // kCombineBf16: out [T, H] bf16; kCombineF32: pair_out [T*k, H] fp32
+  int64_t out_row_stride;            // elements
+  int32_t out_cols;                  // columns stored: N, F or H
+  int32_t rows;                      // rows of A and of the row-indexed output (M or capacity): none past it
+                                     // is stored; kPlain zeroes the rows of c outside every segment
+  const int32_t* sorted_token_ids;   // moe: [capacity] int32 pair index per slot, padding = num_pairs
+  const float* topk_weights;         // moe fc2: [T, k] fp32, contiguous (index = pair)
+  int32_t num_pairs;                 // moe: T * k, the padding value
+  int32_t top_k;                     // moe: k
+  int32_t pair_stores;               // 1: out and out_row_stride allow 4-byte bf16x2 stores
+  int32_t wide_stores;               // kPlain: 1: c, its row stride and N allow 16-byte stores (the zero rows)
+};
+
+constexpr int kStages = 4;  // 4 x 48 KB: the producer runs 3 stages (~2 us of MMA at 128x256x64) ahead
+constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+constexpr int kStageABytes = kTileM * kTileK * 2;
+constexpr int kStageBBytes = kTileN * kTileK * 2;
+constexpr int kConsumerWarps = 8;  // every consumer warp releases each stage it read
+
+struct TiledSmem {
+  struct Stage {
+    uint8_t a[kStageABytes];  // [128 x 64] bf16: rows of the tile (consumer c reads rows 64c..64c+63)
+    uint8_t b[kStageBBytes];  // [256 x 64] bf16: two boxes of 128 weight rows
+  } stages[kStages];
+  uint64_t full[kStages];     // the producer's expect_tx + the TMA bytes
+  uint64_t empty[kStages];    // kConsumerWarps arrivals
+  int32_t offsets[kExpertsMaxExperts + 1];
+  int32_t prefix[kExpertsMaxExperts + 1];  // row tiles before expert e (tile_coords)
+};
+constexpr int kSmemBytes = static_cast<int>(sizeof(TiledSmem)) + 1024;  // + alignment slack
+static_assert(sizeof(TiledSmem::Stage) % 1024 == 0, "every box starts on a 1024-byte boundary (128-byte swizzle)");
+static_assert(kStageABytes == kBoxRows * 128 && kStageBBytes == 2 * kBoxRows * 128, "A is one box, B two");
+static_assert(kSmemBytes <= 227 * 1024, "fits one SM's shared memory");
+
+// Arrive once on a barrier of this CTA.
+ZK_DEVICE void mbar_arrive_local(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+
+// Running position in the stage ring, the same sequence in the producer and the consumers.
+struct RingPosition {
+  int stage = 0;
+  uint32_t phase = 0;
+  ZK_DEVICE void advance() {
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1u;
+    }
+  }
+};
+
+ZK_DEVICE int32_t total_tiles(const TiledSmem& s, const TiledGemmArgs& args) {
+  return s.prefix[args.num_experts] * args.col_tiles;
+}
+
+ZK_DEVICE int32_t k_steps(const TiledGemmArgs& args) { return (args.k + kTileK - 1) / kTileK; }
+
+// First weight row (of B as one [E * b_rows_per_expert, K] matrix) of each of the tile's two B boxes.
+// Plain: columns [256 ct, 256 ct + 256) of the expert's N. SwiGLU: gate rows [128 ct, +128) and the
+// matching up rows F + 128 ct.., so that accumulator column c < 128 (gate) and c + 128 (up) are the
+// same act column. Rows past the expert's own belong to the next expert or lie past the tensor (zeros):
+// they only feed columns that are not stored.
+ZK_DEVICE void b_box_rows(const TiledGemmArgs& args, const TileCoords& t, int32_t& row0, int32_t& row1) {
+  const int32_t base = t.expert * args.b_rows_per_expert;
+  if (args.up_offset > 0) {
+    row0 = base + kBoxRows * t.col_tile;
+    row1 = row0 + args.up_offset;
+  } else {
+    row0 = base + kTileN * t.col_tile;
+    row1 = row0 + kBoxRows;
+  }
+}
+
+ZK_DEVICE void tiled_producer(const TiledGemmArgs& args, TiledSmem& s) {
+  const int32_t tiles = total_tiles(s, args);
+  const int32_t steps = k_steps(args);
+  RingPosition ring;
+  for (int32_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const TileCoords t = tile_coords(s.offsets, s.prefix, args.num_experts, args.col_tiles, tile);
+    int32_t b_row0, b_row1;
+    b_box_rows(args, t, b_row0, b_row1);
+    for (int32_t step = 0; step < steps; ++step) {
+      sm90::mbar_wait(sm90::smem_addr(&s.empty[ring.stage]), ring.phase ^ 1u);
+      const uint32_t full = sm90::smem_addr(&s.full[ring.stage]);
+      const uint32_t a_dst = sm90::smem_addr(s.stages[ring.stage].a);
+      const uint32_t b_dst = sm90::smem_addr(s.stages[ring.stage].b);
+      // Out-of-bounds box parts arrive as zeros and count toward the transaction bytes.
+      sm90::mbar_arrive_expect_tx(full, kStageABytes + kStageBBytes);
+      sm90::tma_load_2d(a_dst, &args.a, kTileK * step, t.row0, full);
+      sm90::tma_load_2d(b_dst, &args.b, kTileK * step, b_row0, full);
+      sm90::tma_load_2d(b_dst + kStageBBytes / 2, &args.b, kTileK * step, b_row1, full);
+      ring.advance();
+    }
+  }
+}
+
+}  // namespace tiled
+}  // namespace zk

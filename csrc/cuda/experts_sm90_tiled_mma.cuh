@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: Apache-2.0
+// experts_sm90_tiled_mma.cuh: the consumers' mainloop of the tiled experts kernel. Consumer warpgroup c
+// (0 or 1) multiplies rows [64c, 64c + 64) of the tile's A boxes by the 256 B rows, one wgmma m64n256k16 per
+// k16 (4 per stage), fp32 accumulators in registers (128 per thread, layout in zaya_router_sm90_mma.cuh).
+// One wgmma group stays in flight: a stage is released once the group after it has been issued and the
+// group reading it has completed.
+#pragma once
+
+#include "experts_sm90_tiled_load.cuh"
+#include "zaya_router_sm90_mma.cuh"
+
+namespace zk {
+namespace tiled {
+
+// Every consumer warp says it is done reading a stage (kConsumerWarps arrivals complete the phase).
+ZK_DEVICE void release_stage(TiledSmem& s, int stage, int lane) {
+  __syncwarp();
+  if (lane == 0) mbar_arrive_local(sm90::smem_addr(&s.empty[stage]));
+}
+
+// acc = (this warpgroup's 64 rows of A) x B^T over `steps` k-steps of the ring (zeros when steps == 0).
+ZK_DEVICE void tiled_mainloop(TiledSmem& s, RingPosition& ring, int32_t steps, int consumer, int lane,
+                              float (&acc)[128]) {
+  sm90::zero_accumulators(acc);
+  int previous_stage = -1;
+  for (int32_t step = 0; step < steps; ++step) {
+    sm90::mbar_wait(sm90::smem_addr(&s.full[ring.stage]), ring.phase);
+    const uint32_t a = sm90::smem_addr(s.stages[ring.stage].a) + consumer * (64 * 128);
+    const uint32_t b = sm90::smem_addr(s.stages[ring.stage].b);
+    sm90::fence_registers(acc);
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kTileK / 16; ++kk) {
+      sm90::wgmma_m64n256k16_ss(acc, sm90::wgmma_desc_sw128(a + kk * 32), sm90::wgmma_desc_sw128(b + kk * 32), true);
+    }
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<1>();
+    sm90::fence_registers(acc);
+    if (previous_stage >= 0) release_stage(s, previous_stage, lane);
+    previous_stage = ring.stage;
+    ring.advance();
+  }
+  sm90::wgmma_wait<0>();
+  sm90::fence_registers(acc);
+  if (previous_stage >= 0) release_stage(s, previous_stage, lane);
+}
+
+}  // namespace tiled
+}  // namespace zk
