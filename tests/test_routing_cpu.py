@@ -28,7 +28,7 @@ import zaya_kernels  # noqa: F401  (registers torch.ops.zaya)
 from zaya_kernels import reference
 
 from . import naive
-from .util import eps_router_case, reference_scores, router_args, router_weights
+from .util import TIED_ROUTES, eps_router_case, reference_scores, router_args, router_weights, tie_weights
 
 REPO = Path(__file__).resolve().parent.parent
 PASS_PAIRS = 1024          # csrc/common/params.h kAlignPassPairs: a chunk of the chunked path is whole passes
@@ -552,18 +552,8 @@ def test_router_non_finite_r_prev_rows(gen):
         assert torch.equal(got, want)
 
 
-def tie_weights(gen, tied=(3, 7), bias=1.0):
-    """Router weights whose out_w rows `tied` are one row and whose balancing biases for them are equal and
-    high: those routes' scores are exactly equal and beat every other route for every token."""
-    w = router_weights(gen)
-    for route in tied[1:]:
-        w["out_w"][route] = w["out_w"][tied[0]]
-    w["balancing_bias"][list(tied)] = bias
-    return w
-
-
 @needs_ops
-@pytest.mark.parametrize("tied", ((3, 7), (2, 9, SKIP), (0, 1), (5, SKIP)))
+@pytest.mark.parametrize("tied", TIED_ROUTES)
 def test_router_exact_ties_go_to_the_lower_index(tied, gen):
     w = tie_weights(gen, tied)
     x = torch.randn(50, 2048, generator=gen).bfloat16()

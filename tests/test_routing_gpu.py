@@ -5,30 +5,21 @@ tie-free inputs, float outputs within 2x the bf16 reference's error, poisoned ou
 CUDA-graph capture and torch.compile(fullgraph=True)."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 import zaya_kernels
 from zaya_kernels import ops, reference
 
-from .util import assert_close_2x, poison_, tie_free_logits
+from .util import (ROUTER_TIE_MARGIN, TIED_ROUTES, assert_close_2x, eps_router_case, poison_, redraw_ties_,
+                   reference_scores, router_args, router_weights, tie_free_logits, tie_weights)
 
 pytestmark = pytest.mark.gpu
 
 HIDDEN, WIDTH, ROUTES = 2048, 256, 17  # ZAYA1: H, R, E' (16 experts + the skip route)
 SKIP = ROUTES - 1
 TOKENS = (0, 1, 2, 7, 16, 128, 1000, 1024, 4096, 65536)
-# Tie-free: best minus second biased score of the fp32 reference, per token. Why 1e-3 is enough only
-# at fan-in scaled weights: the kernel's fp32 sums run in another order than the reference's, so an
-# element of n (rounded to bf16) can land on the other side of a rounding boundary, and that one-ulp
-# step cascades through the bf16 roundings of h1 and h2. Measured on the H200 with out_w 4x the fan-in
-# scale: 1 token of 65536 chose differently at a reference gap of 1.73e-3 (logits 4x larger, so the
-# cascade moves the scores 4x more); at fan-in scale (this file, bench/baselines.py) the estimate is
-# ~3e-4.
-MARGIN = 1e-3
+MARGIN = ROUTER_TIE_MARGIN  # tests/util.py says why 1e-3 separates the top two scores enough
 
 
 @pytest.fixture(autouse=True)
@@ -42,69 +33,30 @@ def _needs_kernels():
 # zaya_router
 # ---------------------------------------------------------------------------------------------
 
-def router_weights(gen: torch.Generator, routes: int = ROUTES, bias_scale: float = 0.01) -> dict:
-    """Random ZAYA1-shaped router parameters (bf16, fan-in scaled so activations stay O(1))."""
-    def rand(*shape, scale=1.0, dtype=torch.bfloat16):
-        return (torch.randn(*shape, generator=gen, device="cuda") * scale).to(dtype)
-
-    return dict(down_w=rand(WIDTH, HIDDEN, scale=HIDDEN ** -0.5), down_b=rand(WIDTH, scale=0.1),
-                eda_scale=rand(WIDTH, scale=0.5), norm_w=(1 + rand(WIDTH, scale=0.1, dtype=torch.float32)).bfloat16(),
-                fc1_w=rand(WIDTH, WIDTH, scale=WIDTH ** -0.5), fc1_b=rand(WIDTH, scale=0.1),
-                fc2_w=rand(WIDTH, WIDTH, scale=WIDTH ** -0.5), fc2_b=rand(WIDTH, scale=0.1),
-                out_w=rand(routes, WIDTH, scale=WIDTH ** -0.5),
-                balancing_bias=rand(routes, scale=bias_scale, dtype=torch.float32))
-
-
-def router_args(x, r_prev, w, eps=1e-5):
-    return (x, r_prev, w["down_w"], w["down_b"], w["eda_scale"] if r_prev is not None else None, w["norm_w"],
-            w["fc1_w"], w["fc1_b"], w["fc2_w"], w["fc2_b"], w["out_w"], w["balancing_bias"], eps)
-
-
-def reference_scores(x, r_prev, w) -> torch.Tensor:
-    """The fp32 reference's biased scores p + bias [T, E'] (reference.zaya_router's steps, before the top-1)."""
-    d = x.float() @ w["down_w"].float().T + w["down_b"].float()
-    r = d if r_prev is None else d + w["eda_scale"].float() * r_prev.float()
-    n = reference.rms_norm(r, w["norm_w"], 1e-5).bfloat16().float()
-    h1 = F.gelu(n @ w["fc1_w"].float().T + w["fc1_b"].float()).bfloat16().float()
-    h2 = F.gelu(h1 @ w["fc2_w"].float().T + w["fc2_b"].float()).bfloat16().float()
-    return torch.softmax(h2 @ w["out_w"].float().T, dim=-1) + w["balancing_bias"]
-
-
-def redraw_ties_(x, r_prev, w, gen, margin=MARGIN, rounds=100) -> None:
-    """Redraw (in place) every token whose best and second biased scores are closer than `margin`."""
-    for _ in range(rounds):
-        top2 = reference_scores(x, r_prev, w).topk(2, dim=-1).values
-        close = (top2[:, 0] - top2[:, 1] < margin).nonzero().flatten()
-        if close.numel() == 0:
-            return
-        x[close] = torch.randn(close.numel(), x.shape[1], generator=gen, device="cuda").bfloat16()
-        if r_prev is not None:
-            r_prev[close] = torch.randn(close.numel(), WIDTH, generator=gen, device="cuda").bfloat16()
-    raise AssertionError(f"could not make the inputs tie-free within {rounds} rounds")
-
-
-def make_router_inputs(tokens, gen, *, eda=True, weights=None, tie_free=True):
-    w = weights if weights is not None else router_weights(gen)
-    x = torch.randn(tokens, HIDDEN, generator=gen, device="cuda").bfloat16()            # [T, H] bf16
-    r_prev = torch.randn(tokens, WIDTH, generator=gen, device="cuda").bfloat16() if eda else None  # [T, R] bf16
+def make_router_inputs(tokens, gen, *, eda=True, weights=None, tie_free=True, hidden=HIDDEN):
+    """Random router inputs on the GPU, tie-free by MARGIN unless asked: x [T, H] bf16, r_prev [T, R] bf16."""
+    w = weights if weights is not None else router_weights(gen, hidden=hidden)
+    x = torch.randn(tokens, hidden, generator=gen, device="cuda").bfloat16()
+    r_prev = torch.randn(tokens, WIDTH, generator=gen, device="cuda").bfloat16() if eda else None
     if tie_free and tokens:
-        redraw_ties_(x, r_prev, w, gen)
+        redraw_ties_(x, r_prev, w, gen, MARGIN)
     return x, r_prev, w
 
 
-def check_router(out, x, r_prev, w):
+def check_router(out, x, r_prev, w, eps=1e-5):
     """Exact ids; weights and r_out within 2x the bf16 reference's error (DESIGN.md §6)."""
     weights, ids, r_out = out
-    args = router_args(x, r_prev, w)
+    args = router_args(x, r_prev, w, eps)
     ref_w, ref_ids, ref_r = reference.zaya_router(*args)
     low_w, _, low_r = reference.zaya_router(*args, compute_dtype=torch.bfloat16)
     assert ids.dtype == torch.int32 and ids.shape == (x.shape[0], 1)
     mismatch = (ids != ref_ids).nonzero()[:, 0]
     if mismatch.numel():
-        top2 = reference_scores(x[mismatch], None if r_prev is None else r_prev[mismatch], w).topk(2, dim=-1)
+        top2 = reference_scores(x[mismatch], None if r_prev is None else r_prev[mismatch], w, eps).topk(2, dim=-1)
         detail = [(int(t), int(ids[t]), int(ref_ids[t]), f"{float(g):.2e}")
                   for t, g in zip(mismatch[:5], (top2.values[:5, 0] - top2.values[:5, 1]))]
-        raise AssertionError(f"{mismatch.numel()} ids differ; (token, kernel, reference, reference top-2 gap): {detail}")
+        raise AssertionError(f"{mismatch.numel()} ids differ; (token, kernel, reference, reference top-2 gap): "
+                             f"{detail}")
     assert_close_2x(weights, ref_w, low_w, 1e-6, "weights")
     assert_close_2x(r_out.float(), ref_r.float(), low_r.float(), 1e-6, "r_out")
 
@@ -182,7 +134,7 @@ def test_router_biases_change_the_choice(router_variant, cuda_gen):
     plain = ops.zaya_router(*router_args(x, r_prev, w))
     check_router(plain, x, r_prev, w)
     w["balancing_bias"] = (torch.rand(ROUTES, generator=cuda_gen, device="cuda") - 0.5) * 0.1
-    redraw_ties_(x, r_prev, w, cuda_gen)
+    redraw_ties_(x, r_prev, w, cuda_gen, MARGIN)
     plain = ops.zaya_router(*router_args(x, r_prev, {**w, "balancing_bias": torch.zeros_like(w["balancing_bias"])}))
     biased = ops.zaya_router(*router_args(x, r_prev, w))
     check_router(biased, x, r_prev, w)
@@ -370,11 +322,11 @@ def route(x, r_prev, w, workspace):
     return ops.zaya_route(*router_args(x, r_prev, w)[:-1], workspace, BLOCK_M)
 
 
-def check_route(out, x, r_prev, w, workspace):
-    """The router's outputs as check_router's; the align's exactly moe_align's reference on those ids;
-    the workspace zero again."""
-    check_router(out[:3], x, r_prev, w)
-    for got, want in zip(out[3:], reference.moe_align(out[1], ROUTES - 1, BLOCK_M)):
+def check_route(out, x, r_prev, w, workspace, block_m=BLOCK_M, eps=1e-5):
+    """The router's outputs as check_router's; the align's exactly moe_align's reference on those ids
+    (over the E' - 1 experts); the workspace zero again."""
+    check_router(out[:3], x, r_prev, w, eps)
+    for got, want in zip(out[3:], reference.moe_align(out[1], w["out_w"].shape[0] - 1, block_m)):
         assert torch.equal(got, want)
     assert not workspace.any(), "the kernels left the workspace non-zero"
 
@@ -591,3 +543,135 @@ def test_router_variant_env_rejects_unknown(monkeypatch, cuda_gen):
     x, r_prev, w = make_router_inputs(300, cuda_gen)
     with pytest.raises(RuntimeError, match="ZAYA_ROUTER_VARIANT must be"):
         ops.zaya_router(*router_args(x, r_prev, w))
+
+
+# ---------------------------------------------------------------------------------------------
+# eps, block_m, strided rows, non-finite r_prev, exact ties, other H and E' (each case's reference
+# side is checked on the CPU in tests/test_routing_cpu.py section 4)
+# ---------------------------------------------------------------------------------------------
+
+def to_cuda(x, r_prev, w):
+    return x.cuda(), r_prev.cuda(), {name: t.cuda() for name, t in w.items()}
+
+
+@pytest.mark.parametrize("router_variant", variants(), indirect=True)
+@pytest.mark.parametrize("eps", (1e-2, 1e-8))
+def test_router_eps(eps, router_variant):
+    """eps other than 1e-5, on rows whose magnitudes make eps decide RMSNorm's n (built on the CPU, so the
+    CPU tier checks that eps moves > 10% of these tokens): exact ids at this eps, and a kernel that
+    ignored eps (used 1e-5) would differ from them. zaya_route passes eps to its router."""
+    x, r_prev, w = to_cuda(*eps_router_case(1000, eps, MARGIN))
+    out = ops.zaya_router(*router_args(x, r_prev, w, eps))
+    check_router(out, x, r_prev, w, eps)
+    default_ids = reference.zaya_router(*router_args(x, r_prev, w, 1e-5))[1]
+    assert (out[1] != default_ids).float().mean().item() > 0.1
+    workspace = ops.route_workspace("cuda")
+    routed = ops.zaya_route(*router_args(x, r_prev, w)[:-1], workspace, BLOCK_M, eps)
+    check_route(routed, x, r_prev, w, workspace, eps=eps)
+
+
+@pytest.mark.parametrize("router_variant", FORCED_VARIANTS, indirect=True)
+@pytest.mark.parametrize("block_m", (1, 16, 128, 256))
+@pytest.mark.parametrize("tokens", (1, 100, 1000, 3000))
+def test_route_block_m(tokens, block_m, router_variant, cuda_gen):
+    """The fused align (inside the router's last kernel up to 1024 tokens, a launch of its own above)
+    with block_m other than 64 and about a third of the tokens on the skip route, into poisoned buffers."""
+    w = router_weights(cuda_gen)
+    w["balancing_bias"][SKIP] = 0.06
+    x, r_prev, _ = make_router_inputs(tokens, cuda_gen, weights=w)
+    workspace = ops.route_workspace("cuda")
+    like = ops.zaya_route(*router_args(x, r_prev, w)[:-1], workspace, block_m)
+    out = tuple(poison_(torch.empty_like(t)) for t in like)
+    ops.zaya_route(*router_args(x, r_prev, w)[:-1], workspace, block_m, out=out)
+    check_route(out, x, r_prev, w, workspace, block_m)
+    if tokens >= 100:
+        share = (out[1] == SKIP).float().mean().item()
+        assert 0.1 < share < 0.9, f"the case needs skip-route tokens and experts, got {share:.0%} skips"
+
+
+@pytest.mark.parametrize("router_variant", FORCED_VARIANTS, indirect=True)
+@pytest.mark.parametrize("tokens", (7, 300, 3000))
+def test_router_row_strided_x_and_r_prev(tokens, router_variant, cuda_gen):
+    """x and r_prev as column windows of wider tensors (row strides H + 24 and R + 16 elements, 16-byte
+    aligned as the kernels need): the reference's results, and exactly the contiguous copies' results."""
+    x, r_prev, w = make_router_inputs(tokens, cuda_gen)
+    x_wide = torch.randn(tokens, HIDDEN + 24, generator=cuda_gen, device="cuda").bfloat16()
+    r_wide = torch.randn(tokens, WIDTH + 16, generator=cuda_gen, device="cuda").bfloat16()
+    x_wide[:, 8:8 + HIDDEN], r_wide[:, 8:8 + WIDTH] = x, r_prev
+    x_view, r_view = x_wide[:, 8:8 + HIDDEN], r_wide[:, 8:8 + WIDTH]
+    strided = ops.zaya_router(*router_args(x_view, r_view, w))
+    check_router(strided, x, r_prev, w)
+    for got, want in zip(strided, ops.zaya_router(*router_args(x, r_prev, w))):
+        assert torch.equal(got.nan_to_num(), want.nan_to_num())
+    workspace = ops.route_workspace("cuda")
+    check_route(ops.zaya_route(*router_args(x_view, r_view, w)[:-1], workspace, BLOCK_M), x, r_prev, w, workspace)
+
+
+@pytest.mark.parametrize("router_variant", variants(), indirect=True)
+def test_router_non_finite_r_prev_rows(router_variant, cuda_gen):
+    """A token whose r_prev row holds NaN or an infinity: id 0, weight NaN, a non-finite r_out row; the
+    other tokens as the reference's."""
+    x, r_prev, w = make_router_inputs(300, cuda_gen)
+    bad = torch.tensor([0, 17, 128, 299], device="cuda")
+    r_prev[0, 5] = float("nan")
+    r_prev[17, 100] = float("inf")
+    r_prev[128, 255] = -float("inf")
+    r_prev[299] = float("nan")
+    weights, ids, r_out = ops.zaya_router(*router_args(x, r_prev, w))
+    assert (ids[bad] == 0).all() and torch.isnan(weights[bad]).all()
+    assert (~torch.isfinite(r_out[bad].float())).any(dim=1).all()
+    good = torch.ones(300, dtype=torch.bool, device="cuda")
+    good[bad] = False
+    check_router((weights[good], ids[good], r_out[good]), x[good], r_prev[good], w)
+    assert torch.equal(ids, reference.zaya_router(*router_args(x, r_prev, w))[1])
+
+
+@pytest.mark.parametrize("router_variant", variants(), indirect=True)
+@pytest.mark.parametrize("tied", TIED_ROUTES)
+@pytest.mark.parametrize("tokens", (5, 700, 3000))
+def test_router_exact_ties(tokens, tied, router_variant, cuda_gen):
+    """Routes whose out_w rows and biases are equal have exactly equal scores, and beat every other route:
+    every token must take the lowest of them (the kernel's tie rule on real ties, not only NaN rows)."""
+    w = tie_weights(cuda_gen, tied)
+    x, r_prev, _ = make_router_inputs(tokens, cuda_gen, weights=w, tie_free=False)
+    weights, ids, r_out = ops.zaya_router(*router_args(x, r_prev, w))
+    assert (ids == tied[0]).all(), f"ids {ids.flatten().unique().tolist()}, want all {tied[0]}"
+    ref_w, ref_ids, ref_r = reference.zaya_router(*router_args(x, r_prev, w))
+    low_w, _, low_r = reference.zaya_router(*router_args(x, r_prev, w), compute_dtype=torch.bfloat16)
+    assert torch.equal(ids, ref_ids)
+    assert_close_2x(weights, ref_w, low_w, 1e-6, "weights")
+    assert_close_2x(r_out.float(), ref_r.float(), low_r.float(), 1e-6, "r_out")
+
+
+@pytest.mark.parametrize("router_variant", variants(), indirect=True)
+@pytest.mark.parametrize("hidden", (512, 1024, 1536))
+@pytest.mark.parametrize("routes", (2, 5, 32))
+@pytest.mark.parametrize("tokens", (7, 1000))
+def test_router_hidden_and_routes(tokens, routes, hidden, router_variant, cuda_gen):
+    """H and E' other than ZAYA1's 2048 / 17, everywhere the launcher takes them (H a multiple of 512,
+    E' in 2..32); zaya_route's align over the E' - 1 experts."""
+    w = router_weights(cuda_gen, routes=routes, hidden=hidden)
+    x, r_prev, _ = make_router_inputs(tokens, cuda_gen, weights=w, hidden=hidden)
+    check_router(ops.zaya_router(*router_args(x, r_prev, w)), x, r_prev, w)
+    workspace = ops.route_workspace("cuda")
+    check_route(ops.zaya_route(*router_args(x, r_prev, w)[:-1], workspace, 16), x, r_prev, w, workspace, 16)
+
+
+def test_topk_gating_nan_bias_ranks_last():
+    """ops.topk_gating's documented rule: a NaN bias entry ranks its route after every finite score."""
+    logits = torch.tensor([[0.0, 1.0, 2.0, 0.5], [3.0, 1.0, 2.0, 0.5]], device="cuda")
+    p = torch.softmax(logits, dim=-1)
+    weights, ids = ops.topk_gating(logits, torch.tensor([0.0, 0.0, float("nan"), 0.0], device="cuda"), 2)
+    assert ids.tolist() == [[1, 3], [0, 1]]
+    assert torch.allclose(weights, torch.gather(p, 1, ids.long()), atol=1e-7, rtol=0)
+    weights, ids = ops.topk_gating(logits, torch.full((4,), float("nan"), device="cuda"), 3)
+    assert ids.tolist() == [[0, 1, 2]] * 2 and torch.allclose(weights, p[:, :3], atol=1e-7, rtol=0)
+
+
+def test_topk_gating_renormalize_over_zero_p_is_nan():
+    """ops.topk_gating's documented rule: renormalising chosen weights that are all 0 gives NaN (0 / 0)."""
+    logits = torch.tensor([[0.0, -200.0, -200.0, -1.0]], device="cuda")
+    bias = torch.tensor([0.0, 2.0, 2.0, 0.0], device="cuda")
+    weights, ids = ops.topk_gating(logits, bias, 2, True)
+    assert ids.tolist() == [[1, 2]] and torch.isnan(weights).all()
+    assert ops.topk_gating(logits, bias, 2, False)[0].tolist() == [[0.0, 0.0]]

@@ -97,8 +97,8 @@ def reference_scores(x, r_prev, w: dict, eps: float = 1e-5) -> torch.Tensor:
     return torch.softmax(h2 @ w["out_w"].float().T, dim=-1) + w["balancing_bias"]
 
 
-def redraw_ties_(x, r_prev, w: dict, gen: torch.Generator, margin: float, eps: float = 1e-5, rounds: int = 100,
-                 row_scale: torch.Tensor | None = None) -> None:
+def redraw_ties_(x, r_prev, w: dict, gen: torch.Generator, margin: float = ROUTER_TIE_MARGIN, eps: float = 1e-5,
+                 rounds: int = 100, row_scale: torch.Tensor | None = None) -> None:
     """Redraw (in place) every token whose best and second biased scores are closer than `margin`.
     row_scale [T] (powers of two) keeps each redrawn row at its token's magnitude."""
     for _ in range(rounds):
@@ -122,8 +122,8 @@ def eps_sensitive_rows(tokens: int, gen: torch.Generator) -> torch.Tensor:
     return torch.pow(2.0, -exponents.float())
 
 
-def eps_router_case(tokens: int, eps: float, margin: float = ROUTER_TIE_MARGIN, seed: int = 11, hidden: int = 2048, width: int = 256,
-                    routes: int = 17):
+def eps_router_case(tokens: int, eps: float, margin: float = ROUTER_TIE_MARGIN, seed: int = 11, hidden: int = 2048,
+                    width: int = 256, routes: int = 17):
     """(x, r_prev, weights) on the CPU (move them to the device under test: the same numbers everywhere, so
     the CPU tier checks what the GPU test relies on) whose routing depends on eps: down_b = 0 and rows
     of eps_sensitive_rows magnitudes, tie-free by `margin` at this eps."""
@@ -135,3 +135,19 @@ def eps_router_case(tokens: int, eps: float, margin: float = ROUTER_TIE_MARGIN, 
     r_prev = (torch.randn(tokens, width, generator=gen) * scale[:, None]).bfloat16()  # [T, R] bf16
     redraw_ties_(x, r_prev, w, gen, margin, eps, row_scale=scale)
     return x, r_prev, w
+
+
+# Routes made exactly equal by tie_weights (the first of each is the lower index, so the winner); the
+# skip route (16 of ZAYA1's 17) in two of them.
+TIED_ROUTES = ((3, 7), (2, 9, 16), (0, 1), (5, 16))
+
+
+def tie_weights(gen: torch.Generator, tied=(3, 7), bias: float = 1.0) -> dict:
+    """Router weights whose out_w rows `tied` are one row and whose balancing biases for them are equal and
+    high (1.0, against p + ~0.01 elsewhere): those routes' scores are exactly equal (equal logits, equal
+    p, equal bias) and beat every other route for every token."""
+    w = router_weights(gen)
+    for route in tied[1:]:
+        w["out_w"][route] = w["out_w"][tied[0]]
+    w["balancing_bias"][list(tied)] = bias
+    return w
