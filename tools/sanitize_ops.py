@@ -48,6 +48,19 @@ def main() -> int:
             ops.zaya_route(x, r_prev, *args[2:])
         os.environ.pop("ZAYA_ROUTER_VARIANT")
         assert not args[12].any(), "zaya_route left its workspace non-zero"
+    if zaya_kernels.has_device_kernel("grouped_gemm"):  # the tiled experts regime's kernels, every epilogue
+        os.environ["ZAYA_EXPERTS_REGIME"] = "tiled"
+        a = torch.randn(300, 136, device="cuda").bfloat16()
+        w = torch.randn(5, 264, 136, device="cuda").bfloat16()
+        ops.grouped_gemm(a, w, torch.tensor([7, 40, 40, 171, 290, 291], dtype=torch.int32, device="cuda"))
+        for tokens, k in ((77, 1), (200, 2)):
+            x = torch.randn(tokens, 256, device="cuda").bfloat16()
+            ids = torch.randint(0, 5, (tokens, k), dtype=torch.int32, device="cuda")  # id 4 = the skip route
+            sorted_ids, _, offsets, _ = ops.moe_align(ids, 4, 16)
+            ops.moe_mlp(x, torch.rand(tokens, k, device="cuda"), ids, sorted_ids, offsets,
+                        torch.randn(4, 272, 256, device="cuda").bfloat16(),
+                        torch.randn(4, 256, 136, device="cuda").bfloat16())
+        os.environ.pop("ZAYA_EXPERTS_REGIME")
     if zaya_kernels.has_device_kernel("topk_gating"):
         for tokens, experts, k in ((1, 17, 1), (1000, 256, 8), (333, 64, 2)):
             logits = torch.randn(tokens, experts, device="cuda")
