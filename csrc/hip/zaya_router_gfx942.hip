@@ -54,11 +54,11 @@
 //   kNT = 1, no split   when 32-token tiles are plentiful: at most ~62 B/clk of weights per CU.
 //   kNT = 1, split-K    when tiles are few (decode, small prefill chunks): `split` workgroups per tile,
 //                        each a K slice of W_down (1 MB / split: spreads the weight read over many CUs),
-//                        fp32 partials [32][256] to a global scratch slot, then an agent-scope release
-//                        + atomic arrival count; the LAST workgroup of the tile (no spin-waiting, so no
-//                        co-residency assumption, no deadlock) acquires, sums the partials in slot
-//                        order (deterministic, whichever workgroup finishes) and runs the epilogue +
-//                        MLP; it resets the counter for the next launch (graph-replay safe). The split
+//                        fp32 partials [32][256] to a workspace slot, then one agent-scope release
+//                        + atomic arrival count per workgroup; the LAST workgroup of the tile (no
+//                        spin-waiting, so no co-residency assumption, no deadlock) acquires, sums the
+//                        partials in slot order (deterministic, whichever workgroup finishes) and runs
+//                        the epilogue + MLP. The split
 //                        minimises W_down/split + (split-1) x valid tokens x 1 KB on the tile's
 //                        critical path: T = 1 -> 32 workgroups of one 64-wide K block each; T = 32 -> 4;
 //                        T = 4096 -> 2 (128 tiles x 2 = 256 workgroups).
@@ -67,14 +67,17 @@
 // numbered slice-major: the workgroups that read the same W_down K slice run on the same XCD and
 // share one L2 copy of it (each XCD caches ~1/8 of W_down instead of all of it); in the decode case the
 // 32 slices still spread over all 8 XCDs, so 8 L2s pull W_down from HBM in parallel.
-// Split launches also pre-touch the 272 KB of fc1/fc2/out_w at kernel start (tile 0's workgroups, one
-// 4-byte load per 64-byte line between them), so the finisher's MLP reads hit the Infinity Cache
-// instead of waiting on HBM after the down-projection.
+// Split launches also pre-touch the 256-272 KB of fc1/fc2/out_w at kernel start (tile 0's workgroups, one
+// 4-byte load per 64-byte line between them: kWarmLoads loads per thread cover all of them at the
+// smallest split, 2), so the finisher's MLP reads hit the Infinity Cache instead of waiting on HBM after
+// the down-projection.
 //
-// Scratch (split only): a static __device__ buffer of kMaxSplitSlots x 32 KB = 10 MB plus arrival
-// counters. ZayaRouterParams carries no workspace, so two zaya_router launches that overlap on
-// different streams of ONE device would race on it; the model runs its MoE layers in order on one
-// stream. Passing a torch-allocated workspace through the params would lift this (one pointer here).
+// Workspace (split only, zaya_router_workspace_bytes): split x tiles partial slots of 32 KB (at most
+// kMaxSplitSlots, 10 MB), then one uint32 arrival counter per tile, allocated by the host launcher
+// through torch's caching allocator, so it is stream-ordered: two launches in flight at once (two
+// streams, parallel graph branches) never share it. The launch clears the counters with a
+// hipMemsetAsync on its stream before the kernel (a captured graph replays the memset too), so no
+// kernel has to leave them zero and an aborted launch cannot poison a later one.
 //
 // Resources (upstream LLVM 19; AMD's fork allocates differently, re-check on MI300X):
 //   <2, no split> 191 VGPR, 0 AGPR, 66 SGPR, 32768 B LDS -> 2 waves/SIMD = one 8-wave workgroup per CU
@@ -83,9 +86,10 @@
 // The peaks are the MLP (64 VGPRs of weight ring + kNT x 32 of B runs and accumulators) and the
 // down-projection loop (64 ring + kNT x 48). Capping kNT = 1 at 128 VGPRs (two workgroups per CU)
 // spilled 19-35 VGPRs, so it is not done.
-// Known costs to measure first on hardware: (1) exact GELU: ocml's erff is branchy (~40-50 VALU ops
-// per element with both paths taken), ~400 CU-cycles per token for the 512 GELUs vs ~650 of MFMA,
-// and it cannot interleave with MFMAs inside a wave; (2) the weight loads are 32 rows per
+// Known costs to measure first on hardware: (1) exact GELU: gelu_erf (common/zaya_router_math.cuh, an
+// erfc fit: ~19 VALU ops with one rcp and one exp2, no branch) is ~10k VALU ops per token for the 512
+// GELUs next to ~650 CU-cycles of MFMA, and it does not interleave with the MFMAs inside a wave; (2) the
+// weight loads are 32 rows per
 // instruction with power-of-two row strides (4 KB / 512 B), i.e. 32 vL1D lines in one of its 4 sets
 // per global_load_dwordx4.
 #include <type_traits>
@@ -98,14 +102,14 @@ namespace gfx942 {
 
 constexpr int kXcds = 8;           // MI300X; the remap is a bijection for any count
 constexpr int kDefaultCus = 304;   // MI300X, if the device query fails
-constexpr int kWarmLoads = 3;      // decode MLP pre-touch: loads per thread
+// MLP pre-touch: 64-byte lines of fc1_w | fc2_w | out_w (E' <= 32), and the loads per thread that
+// cover them with the fewest workgroups a split tile has (split >= 2): ceil(4352 / (2 x 512)) = 5.
+constexpr int kMlpLines = 2 * (kWidth * kWidth * 2 / 64) + kRouterMaxRoutes * (kWidth * 2 / 64);
+constexpr int kWarmLoads = (kMlpLines + 2 * kThreads - 1) / (2 * kThreads);
 constexpr int kXStages = 3;        // LDS stages of x: written 2 blocks ahead, read 1 block ahead
 constexpr int kWRing = 4;          // register ring of W_down runs: requested 3 blocks ahead
 
 using f32x4 = float __attribute__((ext_vector_type(4)));
-
-__device__ float g_router_partials[kMaxSplitSlots * kSlotFloats];
-__device__ uint32_t g_router_arrivals[kMaxSplitSlots];
 
 // Line `i` (64 bytes) of fc1_w | fc2_w | out_w, concatenated: one 4-byte load brings it into the
 // Infinity Cache (and this XCD's L2).
@@ -118,7 +122,7 @@ ZK_DEVICE uint32_t touch_mlp_line(const ZayaRouterParams& p, int i) {
 
 template <int kNT, bool kSplit>
 __global__ void __launch_bounds__(kThreads)
-    zaya_router_gfx942_kernel(const ZayaRouterParams p, int64_t tiles, int split) {
+    zaya_router_gfx942_kernel(const ZayaRouterParams p, int64_t tiles, int split, uint32_t* arrivals) {
   constexpr int kTokens = kTokensPerNTile * kNT;
   constexpr int kLdsBytes = kTokens * router_gfx942::kActRowBytes;
   constexpr int kStageBytes = kTokens * router_gfx942::kXRowBytes;
@@ -142,12 +146,13 @@ __global__ void __launch_bounds__(kThreads)
   const int k_first = part * kblocks * kKBlock;
 
   // ---- split: pre-touch the MLP weights (results only consumed at the arrival below) --------------
-  // Tile 0's workgroups touch every 64-byte line once between them; the other tiles' loads all point at
-  // line 0 (one L1 line per wave). Issued unconditionally, like every prefetch below: a load under a
-  // branch leaves the s_waitcnt pass two paths to merge, and it then waits for loads it does not need.
+  // Tile 0's split (>= 2) workgroups touch every 64-byte line once between them (kWarmLoads x split x
+  // 512 >= kMlpLines); the other tiles' loads all point at line 0 (one L1 line per wave). Issued
+  // unconditionally, like every prefetch below: a load under a branch leaves the s_waitcnt pass two
+  // paths to merge, and it then waits for loads it does not need.
   uint32_t warm_v[kWarmLoads];
   if constexpr (kSplit) {
-    const int lines = 2 * (kWidth * kWidth * 2 / 64) + p.num_routes * (kWidth * 2 / 64);
+    const int lines = 2 * (kWidth * kWidth * 2 / 64) + p.num_routes * (kWidth * 2 / 64);  // <= kMlpLines
 #pragma unroll
     for (int j = 0; j < kWarmLoads; ++j) {
       const int i = (j * split + part) * kThreads + tid;
@@ -231,7 +236,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // ---- split-K: publish this slice's partial; the last workgroup of the tile carries on ----------
   if constexpr (kSplit) {
-    float* slots = g_router_partials;
+    float* slots = p.partials;  // [split][tiles] slots of [32 tokens][256] fp32
     const int64_t tile_slot0 = tile;  // slot of (tile, slice s) = s * tiles + tile
     float* mine = slots + (static_cast<int64_t>(part) * tiles + tile_slot0) * kSlotFloats;
 #pragma unroll
@@ -244,11 +249,18 @@ __global__ void __launch_bounds__(kThreads)
             f32x4{acc[n][4 * g], acc[n][4 * g + 1], acc[n][4 * g + 2], acc[n][4 * g + 3]};
       }
     }
-    __builtin_amdgcn_fence(__ATOMIC_RELEASE, "agent");  // this thread's partial visible device-wide
-    __syncthreads();                                     // ... for every thread of the workgroup
+    // One agent-scope release per workgroup, by thread 0 after the barrier. Its L2 writeback (buffer_wbl2)
+    // only covers stores that have reached the L2, and a workgroup-scope release emits no vmcnt wait on
+    // gfx942 outside tgsplit mode (the barriers below are s_waitcnt lgkmcnt(0) + s_barrier), so every
+    // wave first waits for its own partial stores: s_waitcnt vmcnt(0) (gfx9 encoding: vmcnt 0, expcnt 7,
+    // lgkmcnt 15), then the barrier. The fence's own s_waitcnt vmcnt(0) orders the writeback before the
+    // arrival atomic (an acq_rel atomic alone emits its writeback with no wait before it).
+    __builtin_amdgcn_s_waitcnt(0x0F70);
+    __syncthreads();
     if (tid == 0) {
-      *arrival = static_cast<int>(
-          __hip_atomic_fetch_add(&g_router_arrivals[tile], 1u, __ATOMIC_ACQ_REL, __HIP_MEMORY_SCOPE_AGENT));
+      __builtin_amdgcn_fence(__ATOMIC_RELEASE, "agent");
+      *arrival =
+          static_cast<int>(__hip_atomic_fetch_add(arrivals + tile, 1u, __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_AGENT));
     }
     __syncthreads();
     uint32_t warm = 0;
@@ -256,8 +268,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < kWarmLoads; ++j) warm ^= warm_v[j];
     asm volatile("" ::"v"(warm));  // keeps the pre-touch loads (they completed at the release fence)
     if (*arrival != split - 1) return;  // uniform: not the last slice of this tile to arrive
-    if (tid == 0) __hip_atomic_store(&g_router_arrivals[tile], 0u, __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_AGENT);
-    __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "agent");   // the other slices' partials are visible
+    __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "agent");  // every wave: the other slices' partials are visible
     f32x16 total[kNT];
     zero(total);
     for (int s = 0; s < split; ++s) {  // slot order, not arrival order: bitwise reproducible
@@ -409,18 +420,33 @@ int device_compute_units() {
 }
 
 template <int kNT, bool kSplit>
-const char* launch_plan(const ZayaRouterParams& p, const router_gfx942::RouterPlan& plan, hipStream_t stream) {
+const char* launch_plan(const ZayaRouterParams& p, const router_gfx942::RouterPlan& plan, uint32_t* arrivals,
+                        hipStream_t stream) {
   hipLaunchKernelGGL((zaya_router_gfx942_kernel<kNT, kSplit>), dim3(static_cast<uint32_t>(plan.grid)), dim3(kThreads),
-                     0, stream, p, plan.tiles, plan.split);
+                     0, stream, p, plan.tiles, plan.split, arrivals);
   return last_launch_error();
+}
+
+// The plan for these params on this device (the same query in zaya_router_workspace_bytes and the launch).
+router_gfx942::RouterPlan plan_for(const ZayaRouterParams& params) {
+  return router_gfx942::router_plan(params.num_tokens, params.hidden, device_compute_units(), kMaxSplitSlots);
+}
+
+// Bytes of the split plan's partial slots; the arrival counters follow them in the workspace.
+int64_t partial_bytes(const router_gfx942::RouterPlan& plan) {
+  return plan.split * plan.tiles * static_cast<int64_t>(kSlotFloats * sizeof(float));
 }
 
 }  // namespace gfx942
 
-// No workspace from the caller: the split plan's partials and arrival counters live in the static
-// buffers above (the counters must start at zero and reset themselves, which a fresh allocation
-// would not give without a memset launch).
-int64_t zaya_router_workspace_bytes(const ZayaRouterParams&) { return 0; }
+// The split plan's workspace: its partial slots, then one uint32 arrival counter per tile; none
+// without a split (or without tokens).
+int64_t zaya_router_workspace_bytes(const ZayaRouterParams& params) {
+  if (params.num_tokens <= 0) return 0;
+  const router_gfx942::RouterPlan plan = gfx942::plan_for(params);
+  if (plan.nt != 1 || plan.split <= 1) return 0;
+  return gfx942::partial_bytes(plan) + plan.tiles * static_cast<int64_t>(sizeof(uint32_t));
+}
 
 // Same contract as the CUDA launcher: nullptr, or the runtime's (or a shape) error message. The plan
 // is chosen here from T, H and the device's CU count (see the design note); params.variant is ignored.
@@ -432,13 +458,21 @@ const char* launch_zaya_router(const ZayaRouterParams& params, StreamHandle stre
   if (params.num_routes < 2 || params.num_routes > kRouterMaxRoutes) {
     return "zaya_router (gfx942): num_routes must be in [2, 32]";
   }
-  const router_gfx942::RouterPlan plan = router_gfx942::router_plan(
-      params.num_tokens, params.hidden, gfx942::device_compute_units(), gfx942::kMaxSplitSlots);
+  const router_gfx942::RouterPlan plan = gfx942::plan_for(params);
   if (plan.grid > 0x7fffffff) return "zaya_router (gfx942): too many tokens for one launch";
   const hipStream_t stream = static_cast<hipStream_t>(stream_handle);
-  if (plan.nt == 2) return gfx942::launch_plan<2, false>(params, plan, stream);
-  if (plan.split == 1) return gfx942::launch_plan<1, false>(params, plan, stream);
-  return gfx942::launch_plan<1, true>(params, plan, stream);
+  if (plan.nt == 2) return gfx942::launch_plan<2, false>(params, plan, nullptr, stream);
+  if (plan.split == 1) return gfx942::launch_plan<1, false>(params, plan, nullptr, stream);
+  if (params.partials == nullptr) {
+    return "zaya_router (gfx942): the split plan needs its workspace (zaya_router_workspace_bytes)";
+  }
+  uint32_t* arrivals =
+      reinterpret_cast<uint32_t*>(reinterpret_cast<uint8_t*>(params.partials) + gfx942::partial_bytes(plan));
+  if (const hipError_t err = hipMemsetAsync(arrivals, 0, plan.tiles * sizeof(uint32_t), stream); err != hipSuccess) {
+    (void)hipGetLastError();  // reported here, not by the next launch's check
+    return hipGetErrorString(err);
+  }
+  return gfx942::launch_plan<1, true>(params, plan, arrivals, stream);
 }
 
 // The align as a launch of its own after the router (on CDNA3 no kernel polls the workspace, which

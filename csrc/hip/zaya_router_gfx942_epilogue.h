@@ -23,7 +23,7 @@ static_assert(kRouterMaxRoutes == 32, "the logits are one 32-route M tile");
 // ---- split-K scratch (see the design note in zaya_router_gfx942.hip) -------------------------------
 // One slot = the fp32 partial d of a 32-token tile over one K slice, [32 tokens][256] row-major.
 constexpr int kSlotFloats = kTokensPerNTile * kWidth;
-constexpr int kMaxSplitSlots = 320;  // >= tiles * split <= CUs (304 on MI300X): 10 MB of fp32
+constexpr int kMaxSplitSlots = 320;  // >= tiles * split <= CUs (304 on MI300X): a workspace of <= 10 MB of fp32
 
 // r = d + b [+ eda * r_prev]: the reference adds the bias to the fp32 product, then the EDA term.
 // eda and r_prev are bf16, so eda * r_prev is exact in fp32 and a contracted fma rounds identically.

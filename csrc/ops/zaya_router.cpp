@@ -158,8 +158,9 @@ ZayaRouterParams zaya_router_params(const char* op, const at::Tensor& x, const s
 }
 
 at::Tensor zaya_router_scratch(ZayaRouterParams& params, const at::Tensor& x) {
-  // The backend's scratch (the split variant's fp32 partial sums, 4 KB per token), from the caching
-  // allocator: stream-ordered, so it is reused only after these kernels.
+  // The backend's scratch, from the caching allocator: stream-ordered, so it is reused only after these
+  // kernels, and two launches in flight never share it. CUDA split variant: fp32 partial sums, 4 KB per
+  // token; gfx942 split plan: partial slots, then the arrival counters its launch clears.
   at::Tensor scratch;
   if (const int64_t bytes = zaya_router_workspace_bytes(params); bytes > 0) {
     scratch = at::empty({bytes / static_cast<int64_t>(sizeof(float))}, x.options().dtype(at::kFloat));
