@@ -131,6 +131,7 @@ const char* launch_grouped_gemm_tiled_sm90(const GroupedGemmParams& p, void* str
   args.rows = p.m;
   args.pair_stores = aligned(p.c, 4) && p.c_row_stride % 2 == 0;
   args.wide_stores = aligned(p.c, 16) && p.c_row_stride % 8 == 0 && p.n % 8 == 0;
+  args.staged_stores = args.wide_stores;
   // Enough CTAs for the zero rows too when a few segments leave most of c outside them.
   const int64_t zero_ctas = ceil_div(static_cast<int64_t>(p.m) * p.n, 256 * 8 * 8);
   return launch_tiled<EpilogueKind::kPlain>(args, tile_bound(p.m, p.num_experts, args.col_tiles), zero_ctas,
@@ -191,6 +192,7 @@ const char* launch_moe_fc1_swiglu_tiled_sm90(const MoeMlpParams& p, uint16_t* x_
   args.num_pairs = p.num_tokens * p.k;
   args.top_k = p.k;
   args.pair_stores = 1;
+  args.staged_stores = 1;
   return launch_tiled<EpilogueKind::kSwiglu>(args, tile_bound(p.capacity, p.num_experts, args.col_tiles), 1, s);
 }
 
@@ -225,6 +227,7 @@ const char* launch_moe_fc2_combine_tiled_sm90(const MoeMlpParams& p, const uint1
     args.out = p.out;
     args.out_row_stride = p.out_row_stride;
     args.pair_stores = aligned(p.out, 4) && p.out_row_stride % 2 == 0;
+    args.staged_stores = aligned(p.out, 16) && p.out_row_stride % 8 == 0;  // H % 8 == 0 (supported)
     return launch_tiled<EpilogueKind::kCombineBf16>(args, tiles, 1, s);
   }
   args.out = pair_out_or_null;

@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
-// experts_sm90_tiled_epilogue.cuh: what the tiled experts kernel's consumers do with a finished tile
-// (straight from the wgmma accumulators to global memory), the zero rows of grouped_gemm, and the row
-// gather that feeds moe fc1.
+// experts_sm90_tiled_epilogue.cuh: what the tiled experts kernel's consumers do with a finished tile (16-byte
+// stores through a per-warp staging buffer where the output rows allow them, else straight from the wgmma
+// accumulators), the zero rows of grouped_gemm, and the row gather that feeds moe fc1.
 //
 // Accumulator layout (wgmma m64n256 D, zaya_router_sm90_mma.cuh), g = lane / 4, q = lane % 4: thread
 // (warp w of consumer c) holds tile rows 64c + 16w + g ("row a") and +8 ("row b"); acc[4i + 0, 1] are
 // row a's columns 8i + 2q, +1 and acc[4i + 2, 3] row b's, i = 0..31.
 #pragma once
 
+#include "experts_sm90_tiled_layout.cuh"
 #include "experts_sm90_tiled_load.cuh"
 #include "zaya_router_sm90_mma.cuh"
 
@@ -33,10 +34,102 @@ ZK_DEVICE int32_t slot_pair(const TiledGemmArgs& args, int32_t slot) {
   return pair >= 0 && pair < args.num_pairs ? pair : -1;
 }
 
-// Stores this thread's two rows (h = 0: row a, 1: row b) of a finished tile.
+ZK_DEVICE void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+}
+
+ZK_DEVICE uint4 ld_shared_u32x4(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
+}
+
+// Where row (or slot) `row` of A's result goes, or nullptr when it is not stored (past the segment, padding).
 template <EpilogueKind kKind>
-ZK_DEVICE void store_tile(const TiledGemmArgs& args, const TileCoords& t, const float (&acc)[128], int32_t row_a,
-                          int q) {
+ZK_DEVICE uint16_t* staged_row_pointer(const TiledGemmArgs& args, int32_t row, int32_t row_limit) {
+  if (row >= row_limit) return nullptr;
+  uint16_t* out = static_cast<uint16_t*>(args.out);
+  if constexpr (kKind == EpilogueKind::kPlain) {
+    return out + row * args.out_row_stride;
+  } else {
+    const int32_t pair = slot_pair(args, row);
+    if (pair < 0) return nullptr;
+    return kKind == EpilogueKind::kSwiglu ? out + row * args.out_row_stride
+                                          : out + (pair / args.top_k) * args.out_row_stride;
+  }
+}
+
+// The staged stores (experts_sm90_tiled_layout.cuh): the warp's 16 rows go out 64 columns at a time
+// through its staging buffer as 16-byte pieces, columns [col0, col0 + 64 kChunks) of the output (those at or
+// past args.out_cols skipped; out_cols is a multiple of 8). word(i, h) is the bf16x2 word of accumulator column
+// block i (columns 8i + 2q, +1) of row half h.
+template <EpilogueKind kKind, int kChunks, class Word>
+ZK_DEVICE void store_tile_staged(const TiledGemmArgs& args, TiledSmem& s, int32_t warp_row0, int32_t row_limit,
+                                 int32_t col0, int warp_index, int lane, const Word& word) {
+  uint16_t* rows[4];
+#pragma unroll
+  for (int it = 0; it < 4; ++it) rows[it] = staged_row_pointer<kKind>(args, warp_row0 + readback_row(it, lane),
+                                                                      row_limit);
+  const uint32_t staging = sm90::smem_addr(s.staging[warp_index]);
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      stmatrix_x4(staging + stmatrix_lane_offset(j, lane),
+                  word(8 * c + stmatrix_block(j, 0), stmatrix_half(0)),
+                  word(8 * c + stmatrix_block(j, 1), stmatrix_half(1)),
+                  word(8 * c + stmatrix_block(j, 2), stmatrix_half(2)),
+                  word(8 * c + stmatrix_block(j, 3), stmatrix_half(3)));
+    }
+    __syncwarp();
+    const int32_t col = col0 + kChunkCols * c + 8 * readback_piece(lane);
+#pragma unroll
+    for (int it = 0; it < 4; ++it) {
+      const uint4 v = ld_shared_u32x4(staging + staging_offset(readback_row(it, lane), readback_piece(lane)));
+      if (rows[it] != nullptr && col < args.out_cols) *reinterpret_cast<uint4*>(rows[it] + col) = v;
+    }
+    __syncwarp();  // the next chunk's stmatrix overwrites what the lanes just read
+  }
+}
+
+// A finished tile through the staging buffers (kPlain, kSwiglu, kCombineBf16 with args.staged_stores).
+template <EpilogueKind kKind>
+ZK_DEVICE void store_tile_staged(const TiledGemmArgs& args, TiledSmem& s, const TileCoords& t,
+                                 const float (&acc)[128], int32_t warp_row0, int warp_index, int lane) {
+  const int32_t row_limit = t.row_end < args.rows ? t.row_end : args.rows;
+  if constexpr (kKind == EpilogueKind::kPlain) {
+    store_tile_staged<kKind, kTileN / kChunkCols>(
+        args, s, warp_row0, row_limit, kTileN * t.col_tile, warp_index, lane,
+        [&](int i, int h) { return sm90::pack_bf16x2_rn(acc[4 * i + 2 * h], acc[4 * i + 2 * h + 1]); });
+  } else if constexpr (kKind == EpilogueKind::kSwiglu) {
+    store_tile_staged<kKind, kBoxRows / kChunkCols>(  // gate columns 0..127, their up columns 128..255
+        args, s, warp_row0, row_limit, kBoxRows * t.col_tile, warp_index, lane, [&](int i, int h) {
+          return sm90::pack_bf16x2_rn(swiglu(acc[4 * i + 2 * h], acc[4 * (i + 16) + 2 * h]),
+                                      swiglu(acc[4 * i + 2 * h + 1], acc[4 * (i + 16) + 2 * h + 1]));
+        });
+  } else {
+    // The combine weight of this thread's accumulator rows g and g + 8 (0 for rows that are not stored).
+    float weight[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int32_t row = warp_row0 + lane / 4 + 8 * h;
+      const int32_t pair = row < row_limit ? slot_pair(args, row) : -1;
+      weight[h] = pair >= 0 ? args.topk_weights[pair] : 0.f;
+    }
+    store_tile_staged<kKind, kTileN / kChunkCols>(
+        args, s, warp_row0, row_limit, kTileN * t.col_tile, warp_index, lane, [&](int i, int h) {
+          return sm90::pack_bf16x2_rn(weight[h] * acc[4 * i + 2 * h], weight[h] * acc[4 * i + 2 * h + 1]);
+        });
+  }
+}
+
+// Stores this thread's two rows (h = 0: row a, 1: row b) of a finished tile straight from the fragments: the
+// form for outputs whose rows do not allow 16-byte stores, and for kCombineF32.
+template <EpilogueKind kKind>
+ZK_DEVICE void store_tile_direct(const TiledGemmArgs& args, const TileCoords& t, const float (&acc)[128],
+                                 int32_t row_a, int q) {
   const int32_t row_limit = t.row_end < args.rows ? t.row_end : args.rows;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {

@@ -74,7 +74,14 @@ ZK_DEVICE void tiled_consumer(const TiledGemmArgs& args, TiledSmem& s) {
     const TileCoords t = tile_coords(s.offsets, s.prefix, args.num_experts, args.col_tiles, tile);
     float acc[128];
     tiled_mainloop(s, ring, steps, consumer, lane, acc);
-    store_tile<kKind>(args, t, acc, t.row0 + 64 * consumer + 16 * warp + lane / 4, lane % 4);
+    const int32_t warp_row0 = t.row0 + 64 * consumer + 16 * warp;
+    if constexpr (kKind == EpilogueKind::kCombineF32) {
+      store_tile_direct<kKind>(args, t, acc, warp_row0 + lane / 4, lane % 4);
+    } else if (args.staged_stores) {
+      store_tile_staged<kKind>(args, s, t, acc, warp_row0, 4 * consumer + warp, lane);
+    } else {
+      store_tile_direct<kKind>(args, t, acc, warp_row0 + lane / 4, lane % 4);
+    }
   }
   if constexpr (kKind == EpilogueKind::kPlain) zero_rows_outside_segments(args, s, threadIdx.x - 128, 256);
 }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // experts_sm90_tiled_load.cuh: what the tiled experts kernel loads and how: its arguments (tensor maps
 // and the epilogue's pointers), the shared-memory layout (a ring of kStages stages of A [128 x 64] and
-// B [256 x 64] bf16 boxes, 128-byte swizzled) and the producer, one thread issuing the TMA loads of every
+// B [256 x 64] bf16 boxes, 128-byte swizzled, and the epilogue's staging buffers) and the producer, one thread issuing the TMA loads of every
 // tile this CTA owns, kStages - 1 stages ahead of the consumers and across tile boundaries.
 // The TMA, mbarrier and wgmma wrappers are the router's (zaya_router_sm90_load.cuh / _mma.cuh).
 #pragma once
@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "../common/params.h"
+#include "experts_sm90_tiled_layout.cuh"
 #include "experts_sm90_tiled_schedule.cuh"
 #include "zaya_router_sm90_load.cuh"
 
@@ -45,6 +46,7 @@ struct TiledGemmArgs {
   int32_t top_k;                     // moe: k
   int32_t pair_stores;               // 1: out and out_row_stride allow 4-byte bf16x2 stores
   int32_t wide_stores;               // kPlain: 1: c, its row stride and N allow 16-byte stores (the zero rows)
+  int32_t staged_stores;             // 1: out rows take 16-byte stores of 8 columns (store_tile_staged)
 };
 
 constexpr int kStages = 4;  // 4 x 48 KB: the producer runs 3 stages (~2 us of MMA at 128x256x64) ahead
@@ -58,6 +60,7 @@ struct TiledSmem {
     uint8_t a[kStageABytes];  // [128 x 64] bf16: rows of the tile (consumer c reads rows 64c..64c+63)
     uint8_t b[kStageBBytes];  // [256 x 64] bf16: two boxes of 128 weight rows
   } stages[kStages];
+  uint8_t staging[kConsumerWarps][kStagingBytes];  // each consumer warp's epilogue buffer (tiled_layout.cuh)
   uint64_t full[kStages];     // the producer's expect_tx + the TMA bytes
   uint64_t empty[kStages];    // kConsumerWarps arrivals
   int32_t offsets[kExpertsMaxExperts + 1];
