@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // experts_sm90_tiled_load.cuh: what the tiled experts kernel loads and how: its arguments (tensor maps
 // and the epilogue's pointers), the shared-memory layout (a ring of kStages stages of A [128 x 64] and
-// B [256 x 64] bf16 boxes, 128-byte swizzled, and the epilogue's staging buffers) and the producer, one thread issuing the TMA loads of every
-// tile this CTA owns, kStages - 1 stages ahead of the consumers and across tile boundaries.
+// B [256 x 64] bf16 boxes, 128-byte swizzled, and the epilogue's staging buffers) and the producer, one thread
+// issuing the TMA loads of every tile this CTA owns, kStages - 1 stages ahead of the consumers and across tile
+// boundaries.
 // The TMA, mbarrier and wgmma wrappers are the router's (zaya_router_sm90_load.cuh / _mma.cuh).
 #pragma once
 
