@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -605,3 +606,38 @@ def test_topk_gating_renormalize_over_zero_p_is_nan():
     assert ids.tolist() == [[1, 2]] and torch.isnan(weights).all()
     weights, ids = torch.ops.zaya.topk_gating(logits, bias, 2, False)
     assert weights.tolist() == [[0.0, 0.0]]
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. the HIP router's split path, read from its gfx942 ISA (no MI300X to run it)
+# ---------------------------------------------------------------------------------------------
+
+def test_hip_router_split_state_is_per_launch_and_released_once(tmp_path):
+    """The split plan keeps no state in static device arrays (two launches in flight would share them,
+    and a counter left non-zero would break every later launch): the code object has no device global.
+    Its arrival is released once per workgroup: one buffer_wbl2 in the split kernel, whose own
+    s_waitcnt vmcnt(0) comes before the arrival atomic, after a barrier that every wave reaches with
+    its partial stores complete (s_waitcnt vmcnt(0) before the s_barrier)."""
+    rocm = REPO / ".toolchain" / "rocm" / "usr"
+    devlibs = rocm / "lib" / "x86_64-linux-gnu" / "amdgcn" / "bitcode"
+    clang = shutil.which("clang-19")
+    if clang is None or not (devlibs / "oclc_isa_version_942.bc").is_file():
+        pytest.skip("clang-19 and the gfx942 device libs (tools/setup_hip_toolchain.sh) are needed")
+    asm = tmp_path / "router.s"
+    done = subprocess.run([clang, "-x", "hip", "--offload-arch=gfx942", "--cuda-device-only", "-mcode-object-version=5",
+                           "-O3", "-std=c++17", f"--rocm-path={rocm}", f"--rocm-device-lib-path={devlibs}",
+                           f"-I{REPO / 'csrc'}", "-S", str(REPO / "csrc" / "hip" / "zaya_router_gfx942.hip"),
+                           "-o", str(asm)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = asm.read_text()
+    objects = [name for name in re.findall(r"\.type\s+([^,\s]+),@object", text) if not name.startswith("__hip_cuid")]
+    assert not objects, f"device globals in the router's code object: {objects}"
+    start = text.index("zaya_router_gfx942_kernelILi1ELb1E")
+    split = text[start:text.index("s_endpgm", start)]
+    lines = [line.strip() for line in split.splitlines() if line.strip() and not line.strip().startswith(";")]
+    wbl2 = [i for i, line in enumerate(lines) if line.startswith("buffer_wbl2")]
+    atomic = next(i for i, line in enumerate(lines) if line.startswith("global_atomic_add"))
+    assert len(wbl2) == 1 and wbl2[0] < atomic, "one agent-scope writeback, before the arrival atomic"
+    assert any(line.startswith("s_waitcnt vmcnt(0)") for line in lines[wbl2[0]:atomic])
+    barrier = max(i for i in range(wbl2[0]) if lines[i] == "s_barrier")
+    assert lines[barrier - 1].startswith("s_waitcnt vmcnt(0)"), "every wave's partial stores complete"
