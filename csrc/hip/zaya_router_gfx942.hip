@@ -215,7 +215,9 @@ __global__ void __launch_bounds__(kThreads)
     // Stage kb+1 was written in block kb-1 (or before the loop), then a barrier. Past the end this
     // reads stage kb again: nobody writes it in this block.
 #pragma unroll
-    for (int n = 0; n < kNT; ++n) b_ring[(i + 1) % 2][n] = lds_x_run(stage(last(kb + 1)), kTokensPerNTile * n + t, lane);
+    for (int n = 0; n < kNT; ++n) {
+      b_ring[(i + 1) % 2][n] = lds_x_run(stage(last(kb + 1)), kTokensPerNTile * n + t, lane);
+    }
     mfma_kblock(acc, w_ring[i], b_ring[i % 2]);
     // Stage (kb+2)%3 = (kb-1)%3 was last read in block kb-2, before a barrier. Past the end the write
     // lands in a stage no later block reads.
