@@ -27,12 +27,12 @@ enum class EpilogueKind : int32_t {
 };
 
 struct TiledGemmArgs {
-  CUtensorMap a;                     // A [rows, K] bf16, box {64, kBoxRows}; rows past the tensor read as 0
-  CUtensorMap b;                     // B [E * b_rows_per_expert, K] bf16 (weights as one matrix), same box
+  CUtensorMap a;                     // A [rows, K] bf16, box {64, kTileM / kCluster}; rows past it read as 0
+  CUtensorMap b;                     // B [E * b_rows_per_expert, K] bf16 (weights as one matrix), box {64, 128}
   const int32_t* offsets;            // [E + 1] int32 segment starts (device)
   int32_t num_experts;               // E, 1..kExpertsMaxExperts
   int32_t k;                         // reduction length (K); k-steps = ceil(k / kTileK), the tail zero-filled
-  int32_t col_tiles;                 // column tiles per row tile
+  int32_t col_units;                 // units of kCluster column tiles per row tile (tile_coords)
   int32_t b_rows_per_expert;         // N (plain, combine) or 2F (SwiGLU)
   int32_t up_offset;                 // SwiGLU: F, the up rows' offset from the gate rows; else 0
   void* out;                         // kPlain: c [M, N] bf16; kSwiglu: act [capacity, F] bf16;
@@ -63,7 +63,7 @@ struct TiledSmem {
   } stages[kStages];
   uint8_t staging[kConsumerWarps][kStagingBytes];  // each consumer warp's epilogue buffer (tiled_layout.cuh)
   uint64_t full[kStages];     // the producer's expect_tx + the TMA bytes
-  uint64_t empty[kStages];    // kConsumerWarps arrivals
+  uint64_t empty[kStages];    // kConsumerWarps arrivals from each CTA of the cluster
   int32_t offsets[kExpertsMaxExperts + 1];
   int32_t prefix[kExpertsMaxExperts + 1];  // row tiles before expert e (tile_coords)
 };
@@ -89,8 +89,8 @@ struct RingPosition {
   }
 };
 
-ZK_DEVICE int32_t total_tiles(const TiledSmem& s, const TiledGemmArgs& args) {
-  return s.prefix[args.num_experts] * args.col_tiles;
+ZK_DEVICE int32_t total_units(const TiledSmem& s, const TiledGemmArgs& args) {
+  return s.prefix[args.num_experts] * args.col_units;
 }
 
 ZK_DEVICE int32_t k_steps(const TiledGemmArgs& args) { return (args.k + kTileK - 1) / kTileK; }
@@ -111,12 +111,16 @@ ZK_DEVICE void b_box_rows(const TiledGemmArgs& args, const TileCoords& t, int32_
   }
 }
 
-ZK_DEVICE void tiled_producer(const TiledGemmArgs& args, TiledSmem& s) {
-  const int32_t tiles = total_tiles(s, args);
+// kCluster == 2: each CTA loads half of the A box (64 rows) into both CTAs (multicast), and its own B; a stage
+// is refilled once the consumers of both CTAs released it (the empty barrier counts both).
+template <int kCluster>
+ZK_DEVICE void tiled_producer(const TiledGemmArgs& args, TiledSmem& s, int rank) {
+  const int32_t units = total_units(s, args);
   const int32_t steps = k_steps(args);
+  constexpr int kABoxBytes = kStageABytes / kCluster;
   RingPosition ring;
-  for (int32_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const TileCoords t = tile_coords(s.offsets, s.prefix, args.num_experts, args.col_tiles, tile);
+  for (int32_t unit = blockIdx.x / kCluster; unit < units; unit += gridDim.x / kCluster) {
+    const TileCoords t = tile_coords(s.offsets, s.prefix, args.num_experts, args.col_units, kCluster, rank, unit);
     int32_t b_row0, b_row1;
     b_box_rows(args, t, b_row0, b_row1);
     for (int32_t step = 0; step < steps; ++step) {
@@ -126,7 +130,12 @@ ZK_DEVICE void tiled_producer(const TiledGemmArgs& args, TiledSmem& s) {
       const uint32_t b_dst = sm90::smem_addr(s.stages[ring.stage].b);
       // Out-of-bounds box parts arrive as zeros and count toward the transaction bytes.
       sm90::mbar_arrive_expect_tx(full, kStageABytes + kStageBBytes);
-      sm90::tma_load_2d(a_dst, &args.a, kTileK * step, t.row0, full);
+      if constexpr (kCluster == 1) {
+        sm90::tma_load_2d(a_dst, &args.a, kTileK * step, t.row0, full);
+      } else {
+        sm90::tma_load_2d_multicast(a_dst + rank * kABoxBytes, &args.a, kTileK * step,
+                                    t.row0 + rank * (kTileM / kCluster), full, (1u << kCluster) - 1u);
+      }
       sm90::tma_load_2d(b_dst, &args.b, kTileK * step, b_row0, full);
       sm90::tma_load_2d(b_dst + kStageBBytes / 2, &args.b, kTileK * step, b_row1, full);
       ring.advance();

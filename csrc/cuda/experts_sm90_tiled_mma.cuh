@@ -12,13 +12,23 @@
 namespace zk {
 namespace tiled {
 
-// Every consumer warp says it is done reading a stage (kConsumerWarps arrivals complete the phase).
+// Every consumer warp says it is done reading a stage, to every CTA of the cluster (whose producers write
+// into it by multicast): kConsumerWarps x kCluster arrivals complete a phase.
+template <int kCluster>
 ZK_DEVICE void release_stage(TiledSmem& s, int stage, int lane) {
   __syncwarp();
-  if (lane == 0) mbar_arrive_local(sm90::smem_addr(&s.empty[stage]));
+  if (lane == 0) {
+    const uint32_t bar = sm90::smem_addr(&s.empty[stage]);
+    if constexpr (kCluster == 1) {
+      mbar_arrive_local(bar);
+    } else {
+      for (uint32_t cta = 0; cta < kCluster; ++cta) sm90::mbar_arrive_cluster(bar, cta);
+    }
+  }
 }
 
 // acc = (this warpgroup's 64 rows of A) x B^T over `steps` k-steps of the ring (zeros when steps == 0).
+template <int kCluster>
 ZK_DEVICE void tiled_mainloop(TiledSmem& s, RingPosition& ring, int32_t steps, int consumer, int lane,
                               float (&acc)[128]) {
   sm90::zero_accumulators(acc);
@@ -36,13 +46,13 @@ ZK_DEVICE void tiled_mainloop(TiledSmem& s, RingPosition& ring, int32_t steps, i
     sm90::wgmma_commit();
     sm90::wgmma_wait<1>();
     sm90::fence_registers(acc);
-    if (previous_stage >= 0) release_stage(s, previous_stage, lane);
+    if (previous_stage >= 0) release_stage<kCluster>(s, previous_stage, lane);
     previous_stage = ring.stage;
     ring.advance();
   }
   sm90::wgmma_wait<0>();
   sm90::fence_registers(acc);
-  if (previous_stage >= 0) release_stage(s, previous_stage, lane);
+  if (previous_stage >= 0) release_stage<kCluster>(s, previous_stage, lane);
 }
 
 }  // namespace tiled

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 // experts_sm90_tiled_schedule.cuh: the tile list of the tiled experts kernels. Every CTA derives it from
 // expert_offsets on the device (no host sync): expert e's segment [offsets[e], offsets[e+1]) is cut into
-// row tiles of kTileM rows (the last one partial), and each row tile into col_tiles column tiles. Tile ids
-// run expert-major, then row tile, then column tile, and CTA b of G takes tiles b, b + G, ...: the ~G
-// tiles in flight at once are a few row tiles x all column tiles of one or two experts, so one expert's
-// weights (fc1: 16 MB) and those row tiles (0.5 MB each) are read from DRAM once and then hit in L2 (50 MB).
+// row tiles of kTileM rows (the last one partial), and each row tile into units of kCluster adjacent column
+// tiles, one per CTA of a cluster (they share the row tile's A boxes by TMA multicast). Unit ids run
+// expert-major, then row tile, then column unit, and cluster b of G takes units b, b + G, ...: the units in
+// flight at once are a few row tiles x all column tiles of one or two experts, so one expert's weights
+// (fc1: 16 MB) and those row tiles (0.5 MB each) are read from DRAM once and then hit in L2 (50 MB).
 // The index math is host-callable so that it can be checked on the CPU.
 #pragma once
 
@@ -49,15 +50,17 @@ struct TileCoords {
   int32_t col_tile; // column tile: plain B rows [kTileN * col_tile, +kTileN); SwiGLU act columns [128 * col_tile, +128)
 };
 
+// The tile of CTA `rank` (0..cluster-1) of its cluster in unit `unit`, with col_units units per row tile. Column
+// tiles past the output's (an odd count split over a pair) compute on zero / other rows and store nothing.
 ZK_HOST_DEVICE TileCoords tile_coords(const int32_t* offsets, const int32_t* prefix, int num_experts,
-                                      int32_t col_tiles, int32_t tile) {
-  const int32_t row_tile = tile / col_tiles;
+                                      int32_t col_units, int cluster, int rank, int32_t unit) {
+  const int32_t row_tile = unit / col_units;
   const int e = expert_of_row_tile(prefix, num_experts, row_tile);
   TileCoords c;
   c.expert = e;
   c.row0 = offsets[e] + (row_tile - prefix[e]) * kTileM;
   c.row_end = offsets[e + 1];
-  c.col_tile = tile - row_tile * col_tiles;
+  c.col_tile = (unit - row_tile * col_units) * cluster + rank;
   return c;
 }
 
