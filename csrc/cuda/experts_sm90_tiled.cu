@@ -144,7 +144,7 @@ const char* launch_tiled(TiledGemmArgs& args, const void* a, int64_t a_rows, int
                          int64_t b_rows, int64_t col_tiles, int64_t min_ctas, cudaStream_t stream) {
   const int cluster = cluster_size();
   if (!encode_box_map(&args.a, a, a_rows, args.k, a_stride, tiled::kTileM / cluster) ||
-      !encode_box_map(&args.b, b, b_rows, args.k, args.k, tiled::kBoxRows)) {
+      !encode_box_map(&args.b, b, b_rows, args.k, args.k, tiled::kBBoxRows)) {
     return "cuTensorMapEncodeTiled failed (tiled experts kernel)";
   }
   args.col_units = static_cast<int32_t>(ceil_div(col_tiles, cluster));
@@ -191,7 +191,7 @@ const char* launch_grouped_gemm_tiled_sm90(const GroupedGemmParams& p, void* str
 }
 
 bool moe_mlp_tiled_supported(const MoeMlpParams& p) {
-  const int64_t bound = std::max(tile_bound(p.capacity, p.num_experts, ceil_div(p.ffn, tiled::kBoxRows)),
+  const int64_t bound = std::max(tile_bound(p.capacity, p.num_experts, ceil_div(p.ffn, tiled::kSwigluCols)),
                                  tile_bound(p.capacity, p.num_experts, ceil_div(p.hidden, tiled::kTileN)));
   return p.hidden >= 8 && p.hidden % 8 == 0 && p.ffn >= 8 && p.ffn % 8 == 0 && p.num_experts >= 1 &&
          p.num_experts <= kExpertsMaxExperts && p.k >= 1 && aligned(p.w_fc1, 16) && aligned(p.w_fc2, 16) &&
@@ -242,7 +242,7 @@ const char* launch_moe_fc1_swiglu_tiled_sm90(const MoeMlpParams& p, uint16_t* x_
   args.staged_stores = 1;
   return launch_tiled<EpilogueKind::kSwiglu>(args, x_sorted, p.capacity, p.hidden, p.w_fc1,
                                              static_cast<int64_t>(p.num_experts) * 2 * p.ffn,
-                                             ceil_div(p.ffn, tiled::kBoxRows), 1, s);
+                                             ceil_div(p.ffn, tiled::kSwigluCols), 1, s);
 }
 
 const char* launch_moe_fc2_combine_tiled_sm90(const MoeMlpParams& p, const uint16_t* act, float* pair_out_or_null,

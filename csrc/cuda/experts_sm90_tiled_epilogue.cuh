@@ -48,30 +48,33 @@ ZK_DEVICE uint4 ld_shared_u32x4(uint32_t addr) {
 
 // Where row (or slot) `row` of A's result goes, or nullptr when it is not stored (past the segment, padding).
 template <EpilogueKind kKind>
-ZK_DEVICE uint16_t* staged_row_pointer(const TiledGemmArgs& args, int32_t row, int32_t row_limit) {
+ZK_DEVICE void* output_row(const TiledGemmArgs& args, int32_t row, int32_t row_limit) {
   if (row >= row_limit) return nullptr;
-  uint16_t* out = static_cast<uint16_t*>(args.out);
   if constexpr (kKind == EpilogueKind::kPlain) {
-    return out + row * args.out_row_stride;
+    return static_cast<uint16_t*>(args.out) + row * args.out_row_stride;
   } else {
     const int32_t pair = slot_pair(args, row);
     if (pair < 0) return nullptr;
-    return kKind == EpilogueKind::kSwiglu ? out + row * args.out_row_stride
-                                          : out + (pair / args.top_k) * args.out_row_stride;
+    if constexpr (kKind == EpilogueKind::kSwiglu) return static_cast<uint16_t*>(args.out) + row * args.out_row_stride;
+    if constexpr (kKind == EpilogueKind::kCombineBf16) {
+      return static_cast<uint16_t*>(args.out) + (pair / args.top_k) * args.out_row_stride;
+    }
+    return static_cast<float*>(args.out) + pair * args.out_row_stride;
   }
 }
 
-// The staged stores (experts_sm90_tiled_layout.cuh): the warp's 16 rows go out 64 columns at a time
-// through its staging buffer as 16-byte pieces, columns [col0, col0 + 64 kChunks) of the output (those at or
-// past args.out_cols skipped; out_cols is a multiple of 8). word(i, h) is the bf16x2 word of accumulator column
+// Staged stores (experts_sm90_tiled_layout.cuh): the warp's 16 rows (from warp_row0) go out 64 columns at a time
+// through its staging buffer as 16-byte pieces, to output columns [col0, col0 + 64 kChunks) (those at or past
+// args.out_cols, a multiple of 8, skipped). word(i, h) is the bf16x2 word of this thread's fragment column
 // block i (columns 8i + 2q, +1) of row half h.
 template <EpilogueKind kKind, int kChunks, class Word>
-ZK_DEVICE void store_tile_staged(const TiledGemmArgs& args, TiledSmem& s, int32_t warp_row0, int32_t row_limit,
-                                 int32_t col0, int warp_index, int lane, const Word& word) {
+ZK_DEVICE void store_staged(const TiledGemmArgs& args, TiledSmem& s, int32_t warp_row0, int32_t row_limit,
+                            int32_t col0, int warp_index, int lane, const Word& word) {
   uint16_t* rows[4];
 #pragma unroll
-  for (int it = 0; it < 4; ++it) rows[it] = staged_row_pointer<kKind>(args, warp_row0 + readback_row(it, lane),
-                                                                      row_limit);
+  for (int it = 0; it < 4; ++it) {
+    rows[it] = static_cast<uint16_t*>(output_row<kKind>(args, warp_row0 + readback_row(it, lane), row_limit));
+  }
   const uint32_t staging = sm90::smem_addr(s.staging[warp_index]);
 #pragma unroll
   for (int c = 0; c < kChunks; ++c) {
@@ -94,86 +97,82 @@ ZK_DEVICE void store_tile_staged(const TiledGemmArgs& args, TiledSmem& s, int32_
   }
 }
 
-// A finished tile through the staging buffers (kPlain, kSwiglu, kCombineBf16 with args.staged_stores).
-template <EpilogueKind kKind>
-ZK_DEVICE void store_tile_staged(const TiledGemmArgs& args, TiledSmem& s, const TileCoords& t,
-                                 const float (&acc)[128], int32_t warp_row0, int warp_index, int lane) {
-  const int32_t row_limit = t.row_end < args.rows ? t.row_end : args.rows;
-  if constexpr (kKind == EpilogueKind::kPlain) {
-    store_tile_staged<kKind, kTileN / kChunkCols>(
-        args, s, warp_row0, row_limit, kTileN * t.col_tile, warp_index, lane,
-        [&](int i, int h) { return sm90::pack_bf16x2_rn(acc[4 * i + 2 * h], acc[4 * i + 2 * h + 1]); });
-  } else if constexpr (kKind == EpilogueKind::kSwiglu) {
-    store_tile_staged<kKind, kBoxRows / kChunkCols>(  // gate columns 0..127, their up columns 128..255
-        args, s, warp_row0, row_limit, kBoxRows * t.col_tile, warp_index, lane, [&](int i, int h) {
-          return sm90::pack_bf16x2_rn(swiglu(acc[4 * i + 2 * h], acc[4 * (i + 16) + 2 * h]),
-                                      swiglu(acc[4 * i + 2 * h + 1], acc[4 * (i + 16) + 2 * h + 1]));
-        });
-  } else {
-    // The combine weight of this thread's accumulator rows g and g + 8 (0 for rows that are not stored).
-    float weight[2];
+// Direct stores from the fragments: this thread's rows row_a and row_a + 8 (h = 0, 1), column blocks
+// i < kBlocks at output columns col0 + 8i + 2q, +1; value(i, h, e) is the fp32 result of column 8i + 2q + e.
+// The form for outputs whose rows do not take 16-byte stores (odd N) and for kCombineF32.
+template <EpilogueKind kKind, int kBlocks, class Value>
+ZK_DEVICE void store_direct(const TiledGemmArgs& args, int32_t row_a, int32_t row_limit, int32_t col0, int q,
+                            const Value& value) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int32_t row = warp_row0 + lane / 4 + 8 * h;
-      const int32_t pair = row < row_limit ? slot_pair(args, row) : -1;
-      weight[h] = pair >= 0 ? args.topk_weights[pair] : 0.f;
+  for (int h = 0; h < 2; ++h) {
+    void* out = output_row<kKind>(args, row_a + 8 * h, row_limit);
+    if (out == nullptr) continue;
+#pragma unroll
+    for (int i = 0; i < kBlocks; ++i) {
+      const int32_t col = col0 + 8 * i + 2 * q;
+      if constexpr (kKind == EpilogueKind::kCombineF32) {
+        // pair_out rows are H fp32 (H % 8 == 0) in a 256-byte aligned workspace: 8-byte pair stores.
+        if (col < args.out_cols) {
+          *reinterpret_cast<float2*>(static_cast<float*>(out) + col) = make_float2(value(i, h, 0), value(i, h, 1));
+        }
+      } else {
+        store_bf16_pair(static_cast<uint16_t*>(out), col, args.out_cols, value(i, h, 0), value(i, h, 1),
+                        args.pair_stores != 0);
+      }
     }
-    store_tile_staged<kKind, kTileN / kChunkCols>(
-        args, s, warp_row0, row_limit, kTileN * t.col_tile, warp_index, lane, [&](int i, int h) {
-          return sm90::pack_bf16x2_rn(weight[h] * acc[4 * i + 2 * h], weight[h] * acc[4 * i + 2 * h + 1]);
-        });
   }
 }
 
-// Stores this thread's two rows (h = 0: row a, 1: row b) of a finished tile straight from the fragments: the
-// form for outputs whose rows do not allow 16-byte stores, and for kCombineF32.
-template <EpilogueKind kKind>
-ZK_DEVICE void store_tile_direct(const TiledGemmArgs& args, const TileCoords& t, const float (&acc)[128],
-                                 int32_t row_a, int q) {
+// Stores a finished tile. kAcc = 128: a full tile, consumer c holds rows [64c, 64c + 64) x the 256 columns;
+// kAcc = 64: a half tile (at most 64 rows), consumer c holds rows [0, 64) x B rows [128c, 128c + 128).
+// B's 256 rows (b_box_rows): plain / combine, output columns 256 ct + [0, 256); SwiGLU, four 64-row boxes gate,
+// up, gate, up of act columns 128 ct + [0, 64) and + [64, 128), so act column block a of a fragment has its gate
+// in fragment block (a & 7) + 16 (a >> 3) and its up 8 blocks further.
+template <EpilogueKind kKind, int kAcc>
+ZK_DEVICE void store_tile(const TiledGemmArgs& args, TiledSmem& s, const TileCoords& t, const float (&acc)[kAcc],
+                          int consumer, int warp, int lane) {
+  constexpr bool kHalf = kAcc == 64;
   const int32_t row_limit = t.row_end < args.rows ? t.row_end : args.rows;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int32_t row = row_a + 8 * h;
-    if (row >= row_limit) continue;
-    if constexpr (kKind == EpilogueKind::kPlain) {
-      uint16_t* out = static_cast<uint16_t*>(args.out) + row * args.out_row_stride;
-#pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        store_bf16_pair(out, kTileN * t.col_tile + 8 * i + 2 * q, args.out_cols, acc[4 * i + 2 * h],
-                        acc[4 * i + 2 * h + 1], args.pair_stores != 0);
-      }
-    } else if constexpr (kKind == EpilogueKind::kSwiglu) {
-      if (slot_pair(args, row) < 0) continue;
-      uint16_t* out = static_cast<uint16_t*>(args.out) + row * args.out_row_stride;
-#pragma unroll
-      for (int i = 0; i < 16; ++i) {  // gate columns 0..127, their up columns 128..255 (b_box_rows)
-        const float a0 = swiglu(acc[4 * i + 2 * h], acc[4 * (i + 16) + 2 * h]);
-        const float a1 = swiglu(acc[4 * i + 2 * h + 1], acc[4 * (i + 16) + 2 * h + 1]);
-        store_bf16_pair(out, kBoxRows * t.col_tile + 8 * i + 2 * q, args.out_cols, a0, a1, args.pair_stores != 0);
-      }
+  const int32_t warp_row0 = t.row0 + (kHalf ? 0 : 64 * consumer) + 16 * warp;
+  const int warp_index = 4 * consumer + warp;
+  const int q = lane % 4;
+  if constexpr (kKind == EpilogueKind::kSwiglu) {
+    constexpr int kBlocks = kAcc / 8;  // act column blocks: gate and up fragments pair up
+    const int32_t col0 = kSwigluCols * t.col_tile + (kHalf ? 64 * consumer : 0);
+    const auto value = [&](int i, int h, int e) {
+      const int gate = (i & 7) + 16 * (i >> 3);
+      return swiglu(acc[4 * gate + 2 * h + e], acc[4 * (gate + 8) + 2 * h + e]);
+    };
+    if (args.staged_stores) {
+      store_staged<kKind, kBlocks / 8>(args, s, warp_row0, row_limit, col0, warp_index, lane, [&](int i, int h) {
+        return sm90::pack_bf16x2_rn(value(i, h, 0), value(i, h, 1));
+      });
     } else {
-      const int32_t pair = slot_pair(args, row);
-      if (pair < 0) continue;
-      const float weight = args.topk_weights[pair];
-      if constexpr (kKind == EpilogueKind::kCombineBf16) {
-        uint16_t* out = static_cast<uint16_t*>(args.out) + (pair / args.top_k) * args.out_row_stride;
+      store_direct<kKind, kBlocks>(args, warp_row0 + lane / 4, row_limit, col0, q, value);
+    }
+  } else {
+    constexpr int kBlocks = kAcc / 4;
+    const int32_t col0 = kTileN * t.col_tile + (kHalf ? kTileN / 2 * consumer : 0);
+    float weight[2] = {1.f, 1.f};  // the combine weight of this thread's rows g and g + 8 (0: not stored)
+    if constexpr (kKind != EpilogueKind::kPlain) {
 #pragma unroll
-        for (int i = 0; i < 32; ++i) {
-          store_bf16_pair(out, kTileN * t.col_tile + 8 * i + 2 * q, args.out_cols, weight * acc[4 * i + 2 * h],
-                          weight * acc[4 * i + 2 * h + 1], args.pair_stores != 0);
-        }
-      } else {
-        // pair_out rows are H fp32 (H % 8 == 0) in a 256-byte aligned workspace: 8-byte pair stores.
-        float* out = static_cast<float*>(args.out) + pair * args.out_row_stride;
-#pragma unroll
-        for (int i = 0; i < 32; ++i) {
-          const int32_t col = kTileN * t.col_tile + 8 * i + 2 * q;
-          if (col < args.out_cols) {
-            *reinterpret_cast<float2*>(out + col) =
-                make_float2(weight * acc[4 * i + 2 * h], weight * acc[4 * i + 2 * h + 1]);
-          }
-        }
+      for (int h = 0; h < 2; ++h) {
+        const int32_t row = warp_row0 + lane / 4 + 8 * h;
+        const int32_t pair = row < row_limit ? slot_pair(args, row) : -1;
+        weight[h] = pair >= 0 ? args.topk_weights[pair] : 0.f;
       }
+    }
+    const auto value = [&](int i, int h, int e) {
+      return kKind == EpilogueKind::kPlain ? acc[4 * i + 2 * h + e] : weight[h] * acc[4 * i + 2 * h + e];
+    };
+    if constexpr (kKind == EpilogueKind::kCombineF32) {
+      store_direct<kKind, kBlocks>(args, warp_row0 + lane / 4, row_limit, col0, q, value);
+    } else if (args.staged_stores) {
+      store_staged<kKind, kBlocks / 8>(args, s, warp_row0, row_limit, col0, warp_index, lane, [&](int i, int h) {
+        return sm90::pack_bf16x2_rn(value(i, h, 0), value(i, h, 1));
+      });
+    } else {
+      store_direct<kKind, kBlocks>(args, warp_row0 + lane / 4, row_limit, col0, q, value);
     }
   }
 }

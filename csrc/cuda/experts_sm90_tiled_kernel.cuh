@@ -72,15 +72,14 @@ ZK_DEVICE void tiled_consumer(const TiledGemmArgs& args, TiledSmem& s, int rank)
   RingPosition ring;
   for (int32_t unit = blockIdx.x / kCluster; unit < units; unit += gridDim.x / kCluster) {
     const TileCoords t = tile_coords(s.offsets, s.prefix, args.num_experts, args.col_units, kCluster, rank, unit);
-    float acc[128];
-    tiled_mainloop<kCluster>(s, ring, steps, consumer, lane, acc);
-    const int32_t warp_row0 = t.row0 + 64 * consumer + 16 * warp;
-    if constexpr (kKind == EpilogueKind::kCombineF32) {
-      store_tile_direct<kKind>(args, t, acc, warp_row0 + lane / 4, lane % 4);
-    } else if (args.staged_stores) {
-      store_tile_staged<kKind>(args, s, t, acc, warp_row0, 4 * consumer + warp, lane);
+    if (t.half()) {
+      float acc[64];
+      tiled_mainloop<kCluster, 64>(s, ring, steps, consumer, lane, acc);
+      store_tile<kKind, 64>(args, s, t, acc, consumer, warp, lane);
     } else {
-      store_tile_direct<kKind>(args, t, acc, warp_row0 + lane / 4, lane % 4);
+      float acc[128];
+      tiled_mainloop<kCluster, 128>(s, ring, steps, consumer, lane, acc);
+      store_tile<kKind, 128>(args, s, t, acc, consumer, warp, lane);
     }
   }
   if constexpr (kKind == EpilogueKind::kPlain) zero_rows_outside_segments(args, s, threadIdx.x - 128, 256);

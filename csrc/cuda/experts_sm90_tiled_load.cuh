@@ -28,7 +28,7 @@ enum class EpilogueKind : int32_t {
 
 struct TiledGemmArgs {
   CUtensorMap a;                     // A [rows, K] bf16, box {64, kTileM / kCluster}; rows past it read as 0
-  CUtensorMap b;                     // B [E * b_rows_per_expert, K] bf16 (weights as one matrix), box {64, 128}
+  CUtensorMap b;                     // B [E * b_rows_per_expert, K] bf16 (weights as one matrix), box {64, 64}
   const int32_t* offsets;            // [E + 1] int32 segment starts (device)
   int32_t num_experts;               // E, 1..kExpertsMaxExperts
   int32_t k;                         // reduction length (K); k-steps = ceil(k / kTileK), the tail zero-filled
@@ -59,7 +59,7 @@ constexpr int kConsumerWarps = 8;  // every consumer warp releases each stage it
 struct TiledSmem {
   struct Stage {
     uint8_t a[kStageABytes];  // [128 x 64] bf16: rows of the tile (consumer c reads rows 64c..64c+63)
-    uint8_t b[kStageBBytes];  // [256 x 64] bf16: two boxes of 128 weight rows
+    uint8_t b[kStageBBytes];  // [256 x 64] bf16: four boxes of 64 weight rows (b_box_row)
   } stages[kStages];
   uint8_t staging[kConsumerWarps][kStagingBytes];  // each consumer warp's epilogue buffer (tiled_layout.cuh)
   uint64_t full[kStages];     // the producer's expect_tx + the TMA bytes
@@ -69,7 +69,7 @@ struct TiledSmem {
 };
 constexpr int kSmemBytes = static_cast<int>(sizeof(TiledSmem)) + 1024;  // + alignment slack
 static_assert(sizeof(TiledSmem::Stage) % 1024 == 0, "every box starts on a 1024-byte boundary (128-byte swizzle)");
-static_assert(kStageABytes == kBoxRows * 128 && kStageBBytes == 2 * kBoxRows * 128, "A is one box, B two");
+static_assert(kStageABytes == kTileM * 128 && kStageBBytes == kTileN * 128, "A and B boxes are 128-byte rows");
 static_assert(kSmemBytes <= 227 * 1024, "fits one SM's shared memory");
 
 // Arrive once on a barrier of this CTA.
@@ -95,20 +95,15 @@ ZK_DEVICE int32_t total_units(const TiledSmem& s, const TiledGemmArgs& args) {
 
 ZK_DEVICE int32_t k_steps(const TiledGemmArgs& args) { return (args.k + kTileK - 1) / kTileK; }
 
-// First weight row (of B as one [E * b_rows_per_expert, K] matrix) of each of the tile's two B boxes.
-// Plain: columns [256 ct, 256 ct + 256) of the expert's N. SwiGLU: gate rows [128 ct, +128) and the
-// matching up rows F + 128 ct.., so that accumulator column c < 128 (gate) and c + 128 (up) are the
-// same act column. Rows past the expert's own belong to the next expert or lie past the tensor (zeros):
-// they only feed columns that are not stored.
-ZK_DEVICE void b_box_rows(const TiledGemmArgs& args, const TileCoords& t, int32_t& row0, int32_t& row1) {
+// First weight row (of B as one [E * b_rows_per_expert, K] matrix) of B box q (0..3, 64 rows each, stored at
+// stage rows 64q..). Plain / combine: columns 256 ct + 64q.. of the expert's N. SwiGLU: gate rows 128 ct + [0, 64),
+// their up rows F + 128 ct + [0, 64), then the next 64 gate and up rows: each 128-row half of the stage is the gate
+// and up of the same 64 act columns, so a half tile's consumer (B rows [128c, 128c + 128)) has both too. Rows past
+// the expert's own belong to the next expert or lie past the tensor (zeros): they only feed unstored columns.
+ZK_DEVICE int32_t b_box_row(const TiledGemmArgs& args, const TileCoords& t, int q) {
   const int32_t base = t.expert * args.b_rows_per_expert;
-  if (args.up_offset > 0) {
-    row0 = base + kBoxRows * t.col_tile;
-    row1 = row0 + args.up_offset;
-  } else {
-    row0 = base + kTileN * t.col_tile;
-    row1 = row0 + kBoxRows;
-  }
+  if (args.up_offset > 0) return base + kSwigluCols * t.col_tile + kBBoxRows * (q >> 1) + (q & 1) * args.up_offset;
+  return base + kTileN * t.col_tile + kBBoxRows * q;
 }
 
 // kCluster == 2: each CTA loads half of the A box (64 rows) into both CTAs (multicast), and its own B; a stage
@@ -121,8 +116,6 @@ ZK_DEVICE void tiled_producer(const TiledGemmArgs& args, TiledSmem& s, int rank)
   RingPosition ring;
   for (int32_t unit = blockIdx.x / kCluster; unit < units; unit += gridDim.x / kCluster) {
     const TileCoords t = tile_coords(s.offsets, s.prefix, args.num_experts, args.col_units, kCluster, rank, unit);
-    int32_t b_row0, b_row1;
-    b_box_rows(args, t, b_row0, b_row1);
     for (int32_t step = 0; step < steps; ++step) {
       sm90::mbar_wait(sm90::smem_addr(&s.empty[ring.stage]), ring.phase ^ 1u);
       const uint32_t full = sm90::smem_addr(&s.full[ring.stage]);
@@ -136,8 +129,10 @@ ZK_DEVICE void tiled_producer(const TiledGemmArgs& args, TiledSmem& s, int rank)
         sm90::tma_load_2d_multicast(a_dst + rank * kABoxBytes, &args.a, kTileK * step,
                                     t.row0 + rank * (kTileM / kCluster), full, (1u << kCluster) - 1u);
       }
-      sm90::tma_load_2d(b_dst, &args.b, kTileK * step, b_row0, full);
-      sm90::tma_load_2d(b_dst + kStageBBytes / 2, &args.b, kTileK * step, b_row1, full);
+#pragma unroll
+      for (int q = 0; q < kTileN / kBBoxRows; ++q) {
+        sm90::tma_load_2d(b_dst + q * (kBBoxRows * 128), &args.b, kTileK * step, b_box_row(args, t, q), full);
+      }
       ring.advance();
     }
   }

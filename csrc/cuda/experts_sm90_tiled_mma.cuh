@@ -27,21 +27,31 @@ ZK_DEVICE void release_stage(TiledSmem& s, int stage, int lane) {
   }
 }
 
-// acc = (this warpgroup's 64 rows of A) x B^T over `steps` k-steps of the ring (zeros when steps == 0).
-template <int kCluster>
+// acc = this warpgroup's part of the tile's product over `steps` k-steps of the ring (zeros when steps == 0):
+// kAcc = 128, a full tile: A rows [64c, 64c + 64) x all 256 B rows (wgmma m64n256k16);
+// kAcc = 64, a half tile: A rows [0, 64) x B rows [128c, 128c + 128) (m64n128k16), half the MMA work.
+template <int kCluster, int kAcc>
 ZK_DEVICE void tiled_mainloop(TiledSmem& s, RingPosition& ring, int32_t steps, int consumer, int lane,
-                              float (&acc)[128]) {
+                              float (&acc)[kAcc]) {
+  constexpr bool kHalf = kAcc == 64;
+  const uint32_t a_offset = kHalf ? 0u : consumer * (64 * 128);
+  const uint32_t b_offset = kHalf ? consumer * (kTileN / 2 * 128) : 0u;
   sm90::zero_accumulators(acc);
   int previous_stage = -1;
   for (int32_t step = 0; step < steps; ++step) {
     sm90::mbar_wait(sm90::smem_addr(&s.full[ring.stage]), ring.phase);
-    const uint32_t a = sm90::smem_addr(s.stages[ring.stage].a) + consumer * (64 * 128);
-    const uint32_t b = sm90::smem_addr(s.stages[ring.stage].b);
+    const uint32_t a = sm90::smem_addr(s.stages[ring.stage].a) + a_offset;
+    const uint32_t b = sm90::smem_addr(s.stages[ring.stage].b) + b_offset;
     sm90::fence_registers(acc);
     sm90::wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kTileK / 16; ++kk) {
-      sm90::wgmma_m64n256k16_ss(acc, sm90::wgmma_desc_sw128(a + kk * 32), sm90::wgmma_desc_sw128(b + kk * 32), true);
+      const uint64_t desc_a = sm90::wgmma_desc_sw128(a + kk * 32), desc_b = sm90::wgmma_desc_sw128(b + kk * 32);
+      if constexpr (kHalf) {
+        sm90::wgmma_m64n128k16_ss(acc, desc_a, desc_b, true);
+      } else {
+        sm90::wgmma_m64n256k16_ss(acc, desc_a, desc_b, true);
+      }
     }
     sm90::wgmma_commit();
     sm90::wgmma_wait<1>();

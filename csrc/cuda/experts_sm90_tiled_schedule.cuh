@@ -21,7 +21,8 @@ namespace tiled {
 constexpr int kTileM = 128;   // rows per tile: 2 consumer warpgroups x 64 (wgmma M)
 constexpr int kTileN = 256;   // columns per tile: one wgmma m64n256k16 per warpgroup and k16
 constexpr int kTileK = 64;    // k per pipeline stage: one 128-byte swizzled TMA box row
-constexpr int kBoxRows = 128; // rows of every TMA box (A: the tile's rows; B: half of its 256 columns)
+constexpr int kSwigluCols = 128; // act columns of a SwiGLU tile (its 256 B rows are their gate and up rows)
+constexpr int kBBoxRows = 64; // rows of a B TMA box: a half tile's consumer takes two of the four
 
 // Row tiles of a segment of `rows` rows (0 for an empty or malformed, i.e. negative, segment).
 ZK_HOST_DEVICE int32_t segment_row_tiles(int32_t rows) { return rows > 0 ? (rows + kTileM - 1) / kTileM : 0; }
@@ -47,6 +48,9 @@ struct TileCoords {
   int32_t expert;
   int32_t row0;     // first row of the tile (of A and of the row-indexed output)
   int32_t row_end;  // end of the tile's segment: rows >= row_end belong to another segment (not stored)
+  // A tile of at most 64 segment rows (a segment's last) is a "half tile": both consumers multiply A rows
+  // [0, 64), each by 128 of the 256 B rows, in half the time of a full tile (wgmma M is 64 per warpgroup).
+  ZK_HOST_DEVICE bool half() const { return row_end - row0 <= kTileM / 2; }
   int32_t col_tile; // column tile: plain B rows [kTileN * col_tile, +kTileN); SwiGLU act columns [128 * col_tile, +128)
 };
 
