@@ -3,11 +3,12 @@
 // called by the regime dispatch in experts_sm90.cu (owner: D2-decode). No torch headers; CUDA TUs only.
 //
 // What the tiled kernels are: one persistent, warp-specialised kernel template (experts_sm90_tiled_*.cuh):
-// a producer warp issues TMA loads of A [128 x 64] and B [256 x 64] boxes (128-byte swizzle) into a
-// 4-stage mbarrier ring; two consumer warpgroups each multiply 64 rows x 256 columns with wgmma
-// m64n256k16 (fp32 accumulators in registers). Every CTA reads expert_offsets on the device, counts the
-// 128-row tiles of each segment and walks the tile list (segment-major, then row tile, then column tile)
-// round-robin over a grid of at most one CTA per SM: no host sync, graph-capturable.
+// a producer thread issues TMA loads of A [128 x 64] and B [256 x 64] (128-byte swizzle) into a 4-stage mbarrier
+// ring; two consumer warpgroups each multiply 64 rows x 256 columns with wgmma m64n256k16 (fp32 accumulators in
+// registers; a segment's last tile of <= 64 rows as 64 x 128 per consumer), then store 16-byte pieces through a
+// per-warp staging buffer. Every CTA reads expert_offsets on the device, counts the 128-row tiles of each segment
+// and walks the tile list (segment-major, then row tile, then column tile) round-robin over a grid of at most one
+// CTA per SM: no host sync, graph-capturable.
 //
 // Requirements (checked by *_tiled_supported; the dispatch picks the small regime or fails otherwise):
 //   * K (grouped_gemm), H (fc1's K), F (fc2's K) multiples of 8 and A / w rows 16-byte aligned (TMA strides
@@ -35,8 +36,8 @@ const char* launch_grouped_gemm_tiled_sm90(const GroupedGemmParams& p, void* str
 //     slot s < offsets[E] that is not padding (a memory-bound kernel of this file's; padding slots' rows of
 //     x_sorted are not written), then act[s] = bf16(SiLU(x_sorted[s] @ W1g^T) * (x_sorted[s] @ W1u^T)) for
 //     every slot of every segment that is not padding. act rows of padding slots are never written.
-//     A CTA's 256 B columns are 128 gate rows j.. and the 128 matching up rows F + j.. of w_fc1[e], so
-//     each thread holds the gate and up of the same act column.
+//     A tile's 256 B rows are the gate rows and the matching up rows F + .. of 128 act columns of w_fc1[e]
+//     (64-row boxes gate, up, gate, up), so each thread holds the gate and up of the same act column.
 //  2. launch_moe_fc2_combine_tiled_sm90: y = act[s] @ w_fc2[e]^T times topk_weights[pair] (fp32), for every
 //     non-padding slot s of every segment (pair = sorted_token_ids[s], t = pair / k):
 //       k == 1: out[t] = bf16(topk_weights[t] * y)  (pair_out_or_null must be nullptr)
