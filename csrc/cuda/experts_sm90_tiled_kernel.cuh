@@ -2,7 +2,8 @@
 // experts_sm90_tiled_kernel.cuh: the persistent, warp-specialised grouped GEMM of the tiled experts regime:
 //   c[rows of segment e, 256 columns] = A[rows] @ B_e^T, 128 x 256 x 64 tiles, bf16 in, fp32 accumulate.
 // 384 threads: warpgroup 0 is the producer (one thread issues TMA; setmaxnreg frees its registers),
-// warpgroups 1 and 2 the consumers (64 rows each; epilogue straight from the accumulators).
+// warpgroups 1 and 2 the consumers (64 rows each, or both the 64 rows of a half tile and 128 columns each;
+// epilogue through per-warp staging buffers, experts_sm90_tiled_epilogue.cuh).
 // Why 128 x 256: a k-step reads 48 KB of A + B from L2 for 4.2 MFLOP (85 FLOP per byte): at 755 TFLOP/s
 // that is ~8.9 TB/s of L2 reads chip-wide; 128 x 128 tiles would need 1.5x as many bytes per FLOP.
 // Every CTA derives the tile list from expert_offsets (experts_sm90_tiled_schedule.cuh).
