@@ -83,7 +83,8 @@ bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Tiles of any schedule of `rows` rows in `experts` segments: each segment adds at most one partial row tile.
+// Units (or tiles) of any schedule of `rows` rows in `experts` segments: each segment adds at most one partial
+// row tile. Their cost (tiled::segment_cost) is at most twice this.
 int64_t tile_bound(int64_t rows, int64_t experts, int64_t col_tiles) {
   return (ceil_div(rows, tiled::kTileM) + experts) * col_tiles;
 }
@@ -125,7 +126,7 @@ int cluster_size() {
 }
 
 // One CTA per SM at most (one fits: ~216 KB of shared memory), fewer when there are fewer units. `args` has
-// its maps and col_units for kCluster (prepare_maps).
+// its maps and col_units for kCluster (launch_tiled).
 template <EpilogueKind kKind, int kCluster>
 const char* launch_tiled_cluster(const TiledGemmArgs& args, int64_t units, int64_t min_ctas, cudaStream_t stream) {
   constexpr auto kKernel = tiled::tiled_gemm_kernel<kKind, kCluster>;
@@ -162,7 +163,7 @@ bool grouped_gemm_tiled_supported(const GroupedGemmParams& p) {
   return p.k >= 8 && p.k % 8 == 0 && p.n >= 1 && p.m >= 0 && p.num_experts >= 1 &&
          p.num_experts <= kExpertsMaxExperts && p.a_row_stride % 8 == 0 && aligned(p.a, 16) && aligned(p.w, 16) &&
          static_cast<int64_t>(p.num_experts) * p.n <= kInt32Max &&
-         tile_bound(p.m, p.num_experts, col_tiles) <= kInt32Max;
+         2 * tile_bound(p.m, p.num_experts, col_tiles) <= kInt32Max;
 }
 
 const char* launch_grouped_gemm_tiled_sm90(const GroupedGemmParams& p, void* stream) {
@@ -196,7 +197,7 @@ bool moe_mlp_tiled_supported(const MoeMlpParams& p) {
   return p.hidden >= 8 && p.hidden % 8 == 0 && p.ffn >= 8 && p.ffn % 8 == 0 && p.num_experts >= 1 &&
          p.num_experts <= kExpertsMaxExperts && p.k >= 1 && aligned(p.w_fc1, 16) && aligned(p.w_fc2, 16) &&
          static_cast<int64_t>(p.num_experts) * 2 * p.ffn <= kInt32Max &&
-         static_cast<int64_t>(p.num_experts) * p.hidden <= kInt32Max && bound <= kInt32Max;
+         static_cast<int64_t>(p.num_experts) * p.hidden <= kInt32Max && 2 * bound <= kInt32Max;
 }
 
 const char* launch_moe_fc1_swiglu_tiled_sm90(const MoeMlpParams& p, uint16_t* x_sorted, uint16_t* act,

@@ -33,20 +33,20 @@ ZK_DEVICE void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kRegisters));
 }
 
-// Warp 0: the segment starts into shared memory and prefix[e] = row tiles of the experts before e (a
-// warp scan over 8 experts per lane; E <= 256).
+// Warp 0: the segment starts into shared memory and cost_prefix[e] = cost of the units of the experts before e
+// (a warp scan over 8 experts per lane; E <= 256).
 ZK_DEVICE void load_schedule(const TiledGemmArgs& args, TiledSmem& s, int lane) {
   const int num = args.num_experts;
   for (int e = lane; e <= num; e += 32) s.offsets[e] = args.offsets[e];
   __syncwarp();
   constexpr int kPerLane = kExpertsMaxExperts / 32;
-  int32_t tiles[kPerLane];
+  int32_t costs[kPerLane];
   int32_t sum = 0;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     const int e = kPerLane * lane + j;
-    tiles[j] = e < num ? segment_row_tiles(s.offsets[e + 1] - s.offsets[e]) : 0;
-    sum += tiles[j];
+    costs[j] = e < num ? segment_cost(s.offsets[e + 1] - s.offsets[e], args.col_units) : 0;
+    sum += costs[j];
   }
   int32_t inclusive = sum;
 #pragma unroll
@@ -58,21 +58,19 @@ ZK_DEVICE void load_schedule(const TiledGemmArgs& args, TiledSmem& s, int lane) 
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     const int e = kPerLane * lane + j;
-    if (e < num) s.prefix[e] = running;
-    running += tiles[j];
+    if (e < num) s.cost_prefix[e] = running;
+    running += costs[j];
   }
-  if (lane == 31) s.prefix[num] = inclusive;
+  if (lane == 31) s.cost_prefix[num] = inclusive;
 }
 
 template <EpilogueKind kKind, int kCluster>
 ZK_DEVICE void tiled_consumer(const TiledGemmArgs& args, TiledSmem& s, int rank) {
   const int consumer = threadIdx.x / 128 - 1;
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  const int32_t units = total_units(s, args);
   const int32_t steps = k_steps(args);
   RingPosition ring;
-  for (int32_t unit = blockIdx.x / kCluster; unit < units; unit += gridDim.x / kCluster) {
-    const TileCoords t = tile_coords(s.offsets, s.prefix, args.num_experts, args.col_units, kCluster, rank, unit);
+  for_each_tile<kCluster>(args, s, rank, [&](const TileCoords& t) {
     if (t.half()) {
       float acc[64];
       tiled_mainloop<kCluster, 64>(s, ring, steps, consumer, lane, acc);
@@ -82,7 +80,7 @@ ZK_DEVICE void tiled_consumer(const TiledGemmArgs& args, TiledSmem& s, int rank)
       tiled_mainloop<kCluster, 128>(s, ring, steps, consumer, lane, acc);
       store_tile<kKind, 128>(args, s, t, acc, consumer, warp, lane);
     }
-  }
+  });
   if constexpr (kKind == EpilogueKind::kPlain) zero_rows_outside_segments(args, s, threadIdx.x - 128, 256);
 }
 

@@ -32,7 +32,7 @@ struct TiledGemmArgs {
   const int32_t* offsets;            // [E + 1] int32 segment starts (device)
   int32_t num_experts;               // E, 1..kExpertsMaxExperts
   int32_t k;                         // reduction length (K); k-steps = ceil(k / kTileK), the tail zero-filled
-  int32_t col_units;                 // units of kCluster column tiles per row tile (tile_coords)
+  int32_t col_units;                 // units of kCluster column tiles per row tile (tile_at)
   int32_t b_rows_per_expert;         // N (plain, combine) or 2F (SwiGLU)
   int32_t up_offset;                 // SwiGLU: F, the up rows' offset from the gate rows; else 0
   void* out;                         // kPlain: c [M, N] bf16; kSwiglu: act [capacity, F] bf16;
@@ -65,7 +65,7 @@ struct TiledSmem {
   uint64_t full[kStages];     // the producer's expect_tx + the TMA bytes
   uint64_t empty[kStages];    // kConsumerWarps arrivals from each CTA of the cluster
   int32_t offsets[kExpertsMaxExperts + 1];
-  int32_t prefix[kExpertsMaxExperts + 1];  // row tiles before expert e (tile_coords)
+  int32_t cost_prefix[kExpertsMaxExperts + 1];  // cost of the units of the experts before e (tile_at)
 };
 constexpr int kSmemBytes = static_cast<int>(sizeof(TiledSmem)) + 1024;  // + alignment slack
 static_assert(sizeof(TiledSmem::Stage) % 1024 == 0, "every box starts on a 1024-byte boundary (128-byte swizzle)");
@@ -89,8 +89,19 @@ struct RingPosition {
   }
 };
 
-ZK_DEVICE int32_t total_units(const TiledSmem& s, const TiledGemmArgs& args) {
-  return s.prefix[args.num_experts] * args.col_units;
+ZK_DEVICE int32_t total_cost(const TiledSmem& s, const TiledGemmArgs& args) { return s.cost_prefix[args.num_experts]; }
+
+// Calls tile(t) for every tile of CTA `rank` of this cluster, in order: the units starting in the cluster's slots
+// of two cost positions (experts_sm90_tiled_schedule.cuh). The producer and the consumers walk the same sequence.
+template <int kCluster, class Tile>
+ZK_DEVICE void for_each_tile(const TiledGemmArgs& args, const TiledSmem& s, int rank, const Tile& tile) {
+  const int32_t total = total_cost(s, args);
+  for (int32_t slot = blockIdx.x / kCluster; 2 * slot < total; slot += gridDim.x / kCluster) {
+    for (int32_t position = 2 * slot; position < 2 * slot + 2 && position < total; ++position) {
+      TileCoords t;
+      if (tile_at(s.offsets, s.cost_prefix, args.num_experts, args.col_units, kCluster, rank, position, t)) tile(t);
+    }
+  }
 }
 
 ZK_DEVICE int32_t k_steps(const TiledGemmArgs& args) { return (args.k + kTileK - 1) / kTileK; }
@@ -110,12 +121,10 @@ ZK_DEVICE int32_t b_box_row(const TiledGemmArgs& args, const TileCoords& t, int 
 // is refilled once the consumers of both CTAs released it (the empty barrier counts both).
 template <int kCluster>
 ZK_DEVICE void tiled_producer(const TiledGemmArgs& args, TiledSmem& s, int rank) {
-  const int32_t units = total_units(s, args);
   const int32_t steps = k_steps(args);
   constexpr int kABoxBytes = kStageABytes / kCluster;
   RingPosition ring;
-  for (int32_t unit = blockIdx.x / kCluster; unit < units; unit += gridDim.x / kCluster) {
-    const TileCoords t = tile_coords(s.offsets, s.prefix, args.num_experts, args.col_units, kCluster, rank, unit);
+  for_each_tile<kCluster>(args, s, rank, [&](const TileCoords& t) {
     for (int32_t step = 0; step < steps; ++step) {
       sm90::mbar_wait(sm90::smem_addr(&s.empty[ring.stage]), ring.phase ^ 1u);
       const uint32_t full = sm90::smem_addr(&s.full[ring.stage]);
@@ -135,7 +144,7 @@ ZK_DEVICE void tiled_producer(const TiledGemmArgs& args, TiledSmem& s, int rank)
       }
       ring.advance();
     }
-  }
+  });
 }
 
 }  // namespace tiled
