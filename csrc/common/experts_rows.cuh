@@ -67,8 +67,10 @@ ZK_DEVICE void combine_piece(const MoeMlpParams& p, const float* pair_out, int32
       f[4] += hi.x, f[5] += hi.y, f[6] += hi.z, f[7] += hi.w;
     } else if (id == p.num_experts && p.skip_mode == SkipMode::kScaledInput) {
       const float w = p.topk_weights[pair];
+      // Two roundings, as the reference's y += w * x: a fused multiply-add would round once and could
+      // land on the other side of a bf16 rounding boundary.
 #pragma unroll
-      for (int i = 0; i < 8; ++i) f[i] += w * bf16_to_float(x.h[i]);
+      for (int i = 0; i < 8; ++i) f[i] = __fadd_rn(f[i], __fmul_rn(w, bf16_to_float(x.h[i])));
     }
   }
   *reinterpret_cast<uint4*>(p.out + t * p.out_row_stride + c) = bf16x8_from_floats(f);

@@ -39,6 +39,19 @@ ZK_HOST_DEVICE int chunk_k_of_logical(int q, int s, int logical) {
   return kLaneK * q + 2 * pair + (logical & 1);
 }
 
+// The operands of MMA s of a chunk from the lane's three 16-byte vectors (4 words each: bf16 pairs in k
+// order): wa / wb = weight rows g / g + 8, tok = token g. a = {a0, a1, a2, a3}, b = {b0, b1}.
+ZK_HOST_DEVICE void mma_a_fragment(const uint32_t (&wa)[4], const uint32_t (&wb)[4], int s, uint32_t (&a)[4]) {
+  a[0] = wa[2 * s];
+  a[1] = wb[2 * s];
+  a[2] = wa[2 * s + 1];
+  a[3] = wb[2 * s + 1];
+}
+ZK_HOST_DEVICE void mma_b_fragment(const uint32_t (&tok)[4], int s, uint32_t (&b)[2]) {
+  b[0] = tok[2 * s];
+  b[1] = tok[2 * s + 1];
+}
+
 // The k offset (within the 32-chunk) of lane's 16-byte vector, and the row (A) / column (B) it serves.
 ZK_HOST_DEVICE int lane_chunk_k(int lane) { return kLaneK * (lane % 4); }
 ZK_HOST_DEVICE int lane_group(int lane) { return lane / 4; }

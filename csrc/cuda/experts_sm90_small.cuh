@@ -269,10 +269,16 @@ ZK_DEVICE void mainloop(float (&acc)[4], const uint16_t* w0, const uint16_t* w1,
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const uint32_t a_lo[4] = {va[u].x, vb[u].x, va[u].y, vb[u].y};
-      sm90::mma_bf16_16816(acc, a_lo, vt[u].x, vt[u].y);
-      const uint32_t a_hi[4] = {va[u].z, vb[u].z, va[u].w, vb[u].w};
-      sm90::mma_bf16_16816(acc, a_hi, vt[u].z, vt[u].w);
+      const uint32_t wa[4] = {va[u].x, va[u].y, va[u].z, va[u].w};
+      const uint32_t wb[4] = {vb[u].x, vb[u].y, vb[u].z, vb[u].w};
+      const uint32_t tok[4] = {vt[u].x, vt[u].y, vt[u].z, vt[u].w};
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        uint32_t a[4], b[2];
+        mma_a_fragment(wa, wb, s, a);
+        mma_b_fragment(tok, s, b);
+        sm90::mma_bf16_16816(acc, a, b[0], b[1]);
+      }
     }
   }
 }
