@@ -61,6 +61,18 @@ def main() -> int:
                         torch.randn(4, 272, 256, device="cuda").bfloat16(),
                         torch.randn(4, 256, 136, device="cuda").bfloat16())
         os.environ.pop("ZAYA_EXPERTS_REGIME")
+    if zaya_kernels.has_device_kernel("moe_mlp"):  # both regimes; k = 1 and 2, skip and dropped routes, odd shapes
+        from tests.test_experts_gpu import gemm_case, moe_case
+        for regime in ("small", "tiled"):
+            os.environ["ZAYA_EXPERTS_REGIME"] = regime
+            shapes = ((1, 1, 2048, 2048, 64), (37, 2, 136, 72, 16), (300, 1, 256, 264, 1))
+            for tokens, k, hidden, ffn, block_m in shapes:
+                args = moe_case(tokens, k, experts=5, hidden=hidden, ffn=ffn, block_m=block_m, seed=tokens)
+                for skip_mode in ("scaled_input", "zero"):
+                    ops.moe_mlp(*args, skip_mode)
+            for rows, n, k in ((1, 4096, 2048), (300, 100, 72)):
+                ops.grouped_gemm(*gemm_case(rows, n, k, 5, seed=rows))
+        os.environ.pop("ZAYA_EXPERTS_REGIME")
     if zaya_kernels.has_device_kernel("topk_gating"):
         for tokens, experts, k in ((1, 17, 1), (1000, 256, 8), (333, 64, 2)):
             logits = torch.randn(tokens, experts, device="cuda")

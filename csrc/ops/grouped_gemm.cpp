@@ -37,16 +37,16 @@ void check_inputs(const at::Tensor& a, const at::Tensor& w, const at::Tensor& ex
   const int64_t m = a.size(0), k = a.size(1), n = w.size(1), experts = w.size(0);
   ZK_CHECK(experts >= 1 && experts <= kExpertsMaxExperts, kOp, ": w must have 1..", kExpertsMaxExperts,
            " experts (w.shape[0]), got ", experts);
-  ZK_CHECK(k >= 8 && k % 8 == 0, kOp, ": the kernels need K (a.shape[1]) a positive multiple of 8 (16-byte rows), got ",
-           k);
+  ZK_CHECK(k >= 8 && k % 8 == 0, kOp,
+           ": the kernels need K (a.shape[1]) a positive multiple of 8 (16-byte rows), got ", k);
   constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
   // Work items: (M/8 + E token chunks) x (N/16 row tiles) must stay int32 (experts_schedule.h).
   ZK_CHECK(m < kInt32Max && n < kInt32Max && (m / 8 + experts + 1) * ((n + 15) / 16) < kInt32Max, kOp,
            ": M x N too large for int32 tile indices, got M=", m, ", N=", n);
   check_vector_rows(kOp, "a", a);
   check_contiguous(kOp, "w", w);
-  ZK_CHECK(reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0, kOp, ": w must start on a 16-byte boundary, got address ",
-           w.data_ptr());
+  ZK_CHECK(reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0, kOp,
+           ": w must start on a 16-byte boundary, got address ", w.data_ptr());
   check_contiguous(kOp, "expert_offsets", expert_offsets);
 }
 
