@@ -1,9 +1,22 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The PyTorch baselines of PERF.md, all measured in one run next to the ceilings they are read against.
+"""The PyTorch baselines, written as a careful PyTorch user would run them, and the suites that time
+them beside the ceilings they are read against (DESIGN.md §7, issue 11 finding 2).
 
-run(results):      route (eager router), grouped_gemm_fc1 (mm loop / torch._grouped_mm / one dense mm),
-                   attention_prefill and attention_decode (SDPA with the flash and cuDNN backends).
-run_topk(results): topk_gating, our kernel ("zaya", when built) against eager PyTorch, checked exactly.
+Every op family has up to three baselines, all timed by harness.measure with the same cold cache and
+the same rotated input sets as ours:
+  eager          the plain PyTorch code, launched op by op (CUDA events; host syncs included where the
+                 natural code has them, e.g. the router's bincount);
+  torch_graph    the same math written capturable (no host sync: counts by scatter_add, offsets by
+                 cumsum, the sort by a stable argsort) and replayed in a CUDA graph;
+  torch_compile  torch.compile of the torch_graph code (harness.Compiler: per shape, fullgraph,
+                 "max-autotune-no-cudagraphs" by default), replayed in the harness's CUDA graph.
+Library baselines (torch._grouped_mm, F.scaled_dot_product_attention) are graph replays too. Speedups
+are stated against the best of them (report.BASELINE_IMPLS).
+
+run(results):      route (eager, torch_graph, torch_compile), grouped_gemm_fc1 (bench_experts' baselines:
+                   torch_mm_loop, torch_grouped_mm, torch_compile, dense_mm), attention_prefill and
+                   attention_decode (bench_attention's SDPA rows).
+run_topk(results): topk_gating, ours ("zaya", when built) against eager / torch_graph / torch_compile.
 
 On a GPU the grids are PERF.md's; on the CPU every grid shrinks to tiny sizes, which exercises each
 code path but measures nothing worth keeping. A backend that fails on a shape leaves a row with
@@ -12,18 +25,16 @@ code path but measures nothing worth keeping. A backend that fails on a shape le
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import zaya_kernels
 from zaya_kernels import reference
 
-from .harness import (ProgressFn, Results, attention_flops, flush_bytes, floor_us, gemm_flops, grouped_gemm_bytes,
-                      run_cases, time_cpu, time_cuda)
+from .harness import (Compiler, ProgressFn, Results, error_text, gemm_agrees, generator, note, record,
+                      record_compiled, release_memory, rotation_count, run_cases)
 
 # ZAYA1-8B geometry (ZAYA1_ARCHITECTURE.md)
 HIDDEN = 2048
@@ -32,19 +43,16 @@ EXPERTS = 16
 ROUTES = EXPERTS + 1  # the experts + the skip route
 FC1_OUT = 4096        # gate | up, 2 x 2048
 Q_HEADS, KV_HEADS, HEAD_DIM = 8, 2, 128
-SDPA_IMPLS = (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION))
-GEMM_IMPLS = ("torch_mm_loop", "torch_grouped_mm", "dense_mm")
+ROUTE_BLOCK_M = 64    # moe_align's block (zaya_kernels.model.state.MOE_BLOCK_M)
 TOPK_CONFIGS = ((17, 1), (64, 2), (256, 8))  # (E' routes, k): ZAYA1, then wider MoE routers
-MAX_ROTATION_SETS = 64
+TIE_MARGIN = 1e-3     # route tokens whose reference top-2 biased scores are closer are not checked
+__all__ = ["gemm_agrees"]  # re-exported for the tests and older callers
 
 
 @dataclass(frozen=True)
 class Grid:
     route_tokens: tuple
     gemm_tokens: tuple
-    gemm_experts: int
-    gemm_k: int
-    gemm_n: int
     prefill: tuple  # (batch, seqlen)
     decode: tuple   # (batch, cached keys)
     topk_tokens: tuple
@@ -54,83 +62,31 @@ class Grid:
 
 def grid_for(device: torch.device, quick: bool) -> Grid:
     if device.type == "cpu":
-        return Grid((1, 16), (1, 16, 64), 4, 64, 128, ((1, 64), (2, 32)), ((1, 128), (2, 64)), (1, 128), 1, 3)
+        return Grid((1, 16), (1, 16, 64), ((1, 64), (2, 32)), ((1, 128), (2, 64)), (1, 128), 1, 3)
     if quick:
-        return Grid((1, 1024, 65536), (1, 128, 4096, 65536), EXPERTS, HIDDEN, FC1_OUT, ((4, 4096),),
-                    ((1, 32768), (32, 32768)), (1, 65536), 5, 30)
-    return Grid((1, 16, 128, 1024, 4096, 65536), (1, 16, 128, 1024, 4096, 16384, 65536), EXPERTS, HIDDEN, FC1_OUT,
+        return Grid((1, 1024, 65536), (1, 128, 4096, 65536), ((4, 4096),), ((1, 32768), (32, 32768)), (1, 65536),
+                    5, 30)
+    return Grid((1, 16, 128, 1024, 4096, 65536), (1, 16, 128, 1024, 4096, 16384, 65536),
                 ((16, 1024), (4, 4096), (1, 16384)), ((1, 4096), (1, 32768), (32, 32768), (128, 8192)),
                 (1, 128, 1024, 65536), 10, 100)
 
 
-# ---------------------------------------------------------------------------------------------
-# measuring one row, surviving failures
-# ---------------------------------------------------------------------------------------------
-
-def _error_text(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:300] if lines else ''}"
-
-
-def _time(device: torch.device, fn, grid: Grid, graph: bool, rotate) -> tuple[dict, str]:
-    """Timing stats and how they were taken: 'wall' (CPU), 'graph' (replay) or 'events'."""
-    kwargs = dict(warmup=grid.warmup, iters=grid.iters, rotate=rotate)
-    if device.type == "cpu":
-        return time_cpu(fn, **kwargs), "wall"
-    if graph:
-        try:
-            return time_cuda(fn, graph=True, **kwargs), "graph"
-        except RuntimeError as err:  # this op cannot be captured: time it eagerly, inputs still rotated
-            torch.cuda.synchronize()
-            return time_cuda(fn, **kwargs), f"events (graph capture failed: {_error_text(err)[:120]})"
-    return time_cuda(fn, **kwargs), "events"
-
-
-def _measure(results: Results, grid: Grid, op: str, impl: str, shape: dict, fn, *, graph=False, rotate=None,
-             check=None, **row) -> None:
-    """Time fn (after running check(), whose bool becomes `correct`) and add its row, or an error row."""
-    try:
-        correct = check() if check is not None else None
-        stats, how = _time(results.torch_device, fn, grid, graph, rotate)
-    except Exception as err:  # noqa: BLE001  (any backend failure becomes a row, not a crash)
-        results.add_row(op, impl, shape, None, error=_error_text(err))
-        _release_memory(results.torch_device)
-        return
-    results.add_row(op, impl, shape, stats["median_us"], correct=correct, p20_us=stats["p20_us"],
-                    p80_us=stats["p80_us"], timing=how, **row)
-
-
 @contextlib.contextmanager
-def _shape_guard(results: Results, op: str, shape: dict, impls):
+def shape_guard(results: Results, op: str, shape: dict, impls):
     """If building a shape's inputs fails (e.g. out of memory), every impl without a row gets an error row."""
     first = len(results.rows)
     try:
         yield
     except Exception as err:  # noqa: BLE001
-        done = {r["impl"] for r in results.rows[first:]}
+        done = {r["impl"] for r in results.rows[first:] if r["op"] == op}
         for impl in impls:
             if impl not in done:
-                results.add_row(op, impl, shape, None, error=_error_text(err))
-        _release_memory(results.torch_device)
-
-
-def _release_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _rotation_sets(device: torch.device, set_bytes: int) -> int:
-    """How many input sets make the rotated working set exceed the flush size (so that calls inside one
-    graph replay start cold), capped at 64 sets."""
-    return max(1, min(MAX_ROTATION_SETS, math.ceil(flush_bytes(device) / max(1, set_bytes))))
-
-
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
+                results.add_row(op, impl, shape, None, error=error_text(err))
+        release_memory(results.torch_device)
 
 
 # ---------------------------------------------------------------------------------------------
-# route: the ZAYA1 router in eager PyTorch
+# route: the ZAYA1 router (eager, and capturable with moe_align's schedule)
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
@@ -179,136 +135,135 @@ def eager_route(x: torch.Tensor, r_prev: torch.Tensor, w: RouterWeights, eps: fl
     return weights, ids, order, counts, r
 
 
-def _route_case(results: Results, grid: Grid, tokens: int) -> None:
+def router_probs(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, eps: float = 1e-5):
+    """The router's math up to the route probabilities, as plain torch ops: -> (p [T, E'] fp32, r [T, R] bf16)."""
+    r = F.linear(x, down_w, down_b) + eda_scale * r_prev                     # [T, R] bf16 (EDA)
+    n = F.rms_norm(r.float(), (r.shape[-1],), norm_w.float(), eps).bfloat16()
+    h1 = F.gelu(F.linear(n, fc1_w, fc1_b))                                   # [T, R] bf16
+    h2 = F.gelu(F.linear(h1, fc2_w, fc2_b))                                  # [T, R] bf16
+    return torch.softmax(F.linear(h2, out_w).float(), dim=-1), r             # [T, E'] fp32
+
+
+def graph_moe_align(ids: torch.Tensor, num_experts: int, block_m: int):
+    """moe_align (reference.moe_align's exact outputs) without a host sync: ids [T, k] int -> (sorted_token_ids
+    [T*k + E*(block_m-1)], block_expert_ids [ceil(len/block_m)], expert_offsets [E+1], num_padded [1]), int32.
+    Counts by scatter_add, padded offsets by cumsum, the order by a stable argsort (pairs keep ascending
+    order inside a segment), each pair's slot = its segment's padded start + its rank in the segment,
+    each block's expert by searchsorted over the padded segment ends. Every shape is static."""
+    num_pairs = ids.numel()
+    capacity = num_pairs + num_experts * (block_m - 1)
+    flat = ids.reshape(-1).long()                                                       # [P]
+    key = torch.where((flat >= 0) & (flat < num_experts), flat, num_experts)            # [P], E = no expert
+    counts = torch.zeros(num_experts + 1, dtype=torch.long, device=ids.device).scatter_add_(0, key, torch.ones_like(key))
+    padded = (counts[:num_experts] + block_m - 1) // block_m * block_m                  # [E]
+    offsets = F.pad(torch.cumsum(padded, 0), (1, 0))                                    # [E+1] padded starts
+    order = torch.argsort(key, stable=True)                                             # [P] pairs by expert
+    sorted_key = key[order]
+    first_of_key = torch.cumsum(counts, 0) - counts                                     # [E+1] unpadded starts
+    rank = torch.arange(num_pairs, device=ids.device) - first_of_key[sorted_key]
+    # pairs of no expert go to a scratch slot past the end (index `capacity`), dropped by the slice
+    slot = torch.where(sorted_key < num_experts, offsets[sorted_key.clamp(max=num_experts - 1)] + rank, capacity)
+    sorted_ids = torch.full((capacity + 1,), num_pairs, dtype=torch.int32, device=ids.device)
+    sorted_ids = sorted_ids.index_put((slot,), order.to(torch.int32))[:capacity]
+    block_starts = torch.arange(0, capacity, block_m, device=ids.device)                 # [num_blocks]
+    block_experts = torch.searchsorted(offsets[1:], block_starts, right=True)
+    block_experts = torch.where(block_starts < offsets[-1], block_experts, -1).to(torch.int32)
+    return sorted_ids, block_experts, offsets.to(torch.int32), offsets[-1:].to(torch.int32)
+
+
+def graph_route(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, balancing_bias,
+                block_m: int = ROUTE_BLOCK_M, eps: float = 1e-5):
+    """zaya_route's outputs as capturable torch ops: (weights [T, 1] fp32, ids [T, 1] int32, r [T, R] bf16,
+    then graph_moe_align's four over the E' - 1 experts; the skip route goes to no expert)."""
+    p, r = router_probs(x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, eps)
+    ids = torch.argmax(p + balancing_bias, dim=-1, keepdim=True)                    # [T, 1], lowest index on ties
+    return (p.gather(1, ids), ids.to(torch.int32), r) + graph_moe_align(ids, out_w.shape[0] - 1, block_m)
+
+
+def route_args(x, r_prev, w: RouterWeights) -> tuple:
+    """The tensors of one route call, in zaya_router's argument order (eps excluded)."""
+    return (x, r_prev, w.down_w, w.down_b, w.eda_scale, w.norm_w, w.fc1_w, w.fc1_b, w.fc2_w, w.fc2_b, w.out_w,
+            w.balancing_bias)
+
+
+def route_agrees(outputs, args: tuple, block_m: int = ROUTE_BLOCK_M) -> bool:
+    """A route's 7 outputs (zaya_route's order) against the reference: ids equal on every token whose
+    reference top-2 biased scores are >= TIE_MARGIN apart (bf16 GEMMs in another order may swap closer
+    ones), weights within 1e-3 there, and the align equal to reference.moe_align of the route's own ids."""
+    weights, ids, _, *align = outputs
+    x, r_prev, down_w, down_b, eda_scale, norm_w, fc1_w, fc1_b, fc2_w, fc2_b, out_w, bias = args
+    ref_w, ref_ids, _ = reference.zaya_router(*args, 1e-5)
+    d = x.float() @ down_w.float().T + down_b.float() + eda_scale.float() * r_prev.float()
+    n = reference.rms_norm(d, norm_w, 1e-5).bfloat16().float()
+    h1 = F.gelu(n @ fc1_w.float().T + fc1_b.float()).bfloat16().float()
+    h2 = F.gelu(h1 @ fc2_w.float().T + fc2_b.float()).bfloat16().float()
+    top2 = (torch.softmax(h2 @ out_w.float().T, dim=-1) + bias).topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1] >= TIE_MARGIN)[:, None]
+    ids = ids.reshape(ref_ids.shape).to(torch.int32)
+    ids_ok = bool(((ids == ref_ids) | ~clear).all())
+    weights_ok = bool((((weights.reshape(ref_w.shape) - ref_w).abs() <= 1e-3) | ~clear).all())
+    expected = reference.moe_align(ids, out_w.shape[0] - 1, block_m)
+    align_ok = all(torch.equal(a.to(torch.int32), b) for a, b in zip(align, expected))
+    return ids_ok and weights_ok and align_ok
+
+
+def route_baseline_rows(results: Results, compiler: Compiler, shape: dict, sets: list[tuple], *, warmup: int = 10,
+                        iters: int = 100, **row) -> None:
+    """The route's three baselines on the rotated sets (each set = route_args(...)): eager (eager_route,
+    its bincount syncs: CUDA events), torch_graph (graph_route replayed in a CUDA graph) and torch_compile
+    (graph_route compiled, replayed in the harness's graph); the last two checked with route_agrees."""
+    op = "route"
+
+    def eager(*args):
+        x, r_prev, *rest = args
+        return eager_route(x, r_prev, RouterWeights(*rest))
+
+    record(results, op, "eager", shape, eager, rotate=sets, warmup=warmup, iters=iters, **row)
+    record(results, op, "torch_graph", shape, graph_route, rotate=sets, graph=True, warmup=warmup, iters=iters,
+           check=lambda: route_agrees(graph_route(*sets[0]), sets[0]), **row)
+    record_compiled(results, compiler, op, shape, graph_route, sets,
+                    check=lambda compiled: route_agrees(compiled(*sets[0]), sets[0]), **row)
+
+
+def _route_case(results: Results, grid: Grid, compiler: Compiler, tokens: int) -> None:
     device, shape = results.torch_device, {"T": tokens}
-    with _shape_guard(results, "route", shape, ("eager",)):
-        gen = _generator(device, 100 + tokens)
+    with shape_guard(results, "route", shape, ("eager", "torch_graph", "torch_compile")):
+        gen = generator(device, 100 + tokens)
         weights = make_router_weights(device, gen)
         x = torch.randn(tokens, HIDDEN, generator=gen, device=device).bfloat16()             # [T, H] bf16
         r_prev = torch.randn(tokens, ROUTER_WIDTH, generator=gen, device=device).bfloat16()  # [T, R] bf16
-        _measure(results, grid, "route", "eager", shape, lambda: eager_route(x, r_prev, weights))
+        route_baseline_rows(results, compiler, shape, [route_args(x, r_prev, weights)], warmup=grid.warmup,
+                            iters=grid.iters)
 
 
 # ---------------------------------------------------------------------------------------------
-# grouped_gemm_fc1: the experts' first GEMM
+# the suite
 # ---------------------------------------------------------------------------------------------
 
-def mm_loop(a: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-    """Per-expert torch.mm over contiguous segments: a [T, K] bf16 in expert order, w [E, N, K] bf16,
-    offs [E] int32 segment ends -> [T, N] bf16. The bounds come to the host first (one sync), as an
-    eager MoE layer must do to slice."""
-    out = a.new_empty(a.shape[0], w.shape[1])
-    start = 0
-    for expert, end in enumerate(offs.tolist()):
-        if end > start:
-            torch.mm(a[start:end], w[expert].t(), out=out[start:end])
-        start = end
-    return out
+def run(results: Results, *, quick: bool = False, progress: ProgressFn | None = None,
+        compiler: Compiler | None = None) -> None:
+    """Every PyTorch baseline of PERF.md on results.torch_device, rows added to results; the grouped GEMM
+    and attention rows come from bench_experts / bench_attention without their zaya rows."""
+    from . import bench_attention, bench_experts
 
-
-def gemm_agrees(out: torch.Tensor, ref: torch.Tensor) -> bool:
-    """DeepGEMM's global similarity 1 - 2<x,y>/(|x|^2+|y|^2) (float64) below 1e-4: two fp32-accumulating
-    bf16 GEMMs differ by output rounding (~1e-6); a wrong segment or layout gives ~0.5-1."""
-    if out.shape != ref.shape:
-        return False
-    x, y = out.double(), ref.double()
-    if not bool(torch.isfinite(x).all()):
-        return False
-    denom = (x * x + y * y).sum()
-    return bool(denom == 0 or 1 - 2 * (x * y).sum() / denom < 1e-4)
-
-
-def _grouped_gemm_case(results: Results, grid: Grid, tokens: int) -> None:
-    device, op = results.torch_device, "grouped_gemm_fc1"
-    experts, k, n = grid.gemm_experts, grid.gemm_k, grid.gemm_n
-    shape = {"T": tokens, "E": experts, "K": k, "N": n}
-    with _shape_guard(results, op, shape, GEMM_IMPLS):
-        gen = _generator(device, 200 + tokens)
-        a = torch.randn(tokens, k, generator=gen, device=device).bfloat16()                   # [T, K] bf16
-        w = (torch.randn(experts, n, k, generator=gen, device=device) * k ** -0.5).bfloat16()  # [E, N, K] bf16
-        ids = torch.randint(0, experts, (tokens,), generator=gen, device=device)              # [T] top-1, uniform
-        counts = torch.bincount(ids, minlength=experts)                                       # [E] int64
-        offs = torch.cumsum(counts, 0).to(torch.int32)                                        # [E] int32 segment ends
-        touched = int((counts > 0).sum())
-        flops = gemm_flops(tokens, n, k)
-        nbytes = grouped_gemm_bytes(tokens, touched, n, k)
-        floor = floor_us(results.ceilings, flops=flops, bytes=nbytes)
-        common = dict(flops=flops, bytes=nbytes, floor_us=floor, experts_touched=touched)
-        loop_out = mm_loop(a, w, offs)
-        _measure(results, grid, op, "torch_mm_loop", shape, lambda: mm_loop(a, w, offs), **common)
-        if hasattr(torch, "_grouped_mm"):
-            def grouped():
-                return torch._grouped_mm(a, w.transpose(-2, -1), offs=offs)
-            _measure(results, grid, op, "torch_grouped_mm", shape, grouped,
-                     check=lambda: gemm_agrees(grouped(), loop_out), **common)
-        else:
-            results.add_row(op, "torch_grouped_mm", shape, None, error=f"torch {torch.__version__} has no _grouped_mm")
-        del loop_out
-        dense_w = w[0]  # [N, K]: one mm of the same FLOPs reads one expert's weights only
-        _measure(results, grid, op, "dense_mm", shape, lambda: torch.mm(a, dense_w.t()), flops=flops,
-                 bytes=grouped_gemm_bytes(tokens, 1, n, k))
-
-
-# ---------------------------------------------------------------------------------------------
-# attention: F.scaled_dot_product_attention, GQA 8:2, head dim 128
-# ---------------------------------------------------------------------------------------------
-
-def _sdpa(q, k, v, causal: bool):
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
-
-
-def _prefill_case(results: Results, grid: Grid, batch: int, seqlen: int) -> None:
-    device, op = results.torch_device, "attention_prefill"
-    shape = {"B": batch, "S": seqlen, "Hq": Q_HEADS, "Hkv": KV_HEADS, "D": HEAD_DIM}
-    with _shape_guard(results, op, shape, [impl for impl, _ in SDPA_IMPLS]):
-        gen = _generator(device, 300 + batch * seqlen)
-        q = torch.randn(batch, Q_HEADS, seqlen, HEAD_DIM, generator=gen, device=device).bfloat16()   # [B, Hq, S, D]
-        k = torch.randn(batch, KV_HEADS, seqlen, HEAD_DIM, generator=gen, device=device).bfloat16()  # [B, Hkv, S, D]
-        v = torch.randn(batch, KV_HEADS, seqlen, HEAD_DIM, generator=gen, device=device).bfloat16()  # [B, Hkv, S, D]
-        flops = attention_flops(batch, Q_HEADS, seqlen, seqlen, HEAD_DIM, causal=True)
-        for impl, backend in SDPA_IMPLS:
-            with sdpa_kernel(backend):
-                _measure(results, grid, op, impl, shape, lambda: _sdpa(q, k, v, causal=True), flops=flops)
-
-
-def _decode_case(results: Results, grid: Grid, batch: int, keys: int) -> None:
-    """One query token per sequence over `keys` cached keys. is_causal=False: torch aligns a causal mask
-    top-left, which would let the single query see key 0 only."""
-    device, op = results.torch_device, "attention_decode"
-    shape = {"B": batch, "L": keys, "Hq": Q_HEADS, "Hkv": KV_HEADS, "D": HEAD_DIM}
-    kv_bytes = 2 * batch * KV_HEADS * keys * HEAD_DIM * 2  # K and V, bf16
-    # A working set below the flush size is a microsecond case: graph replay over rotated sets.
-    small = kv_bytes < flush_bytes(device)
-    with _shape_guard(results, op, shape, [impl for impl, _ in SDPA_IMPLS]):
-        gen = _generator(device, 400 + batch * keys)
-
-        def randn(*shape):
-            return torch.randn(*shape, generator=gen, device=device).bfloat16()
-
-        count = _rotation_sets(device, kv_bytes) if small else 1
-        # (q [B, Hq, 1, D], k [B, Hkv, L, D], v [B, Hkv, L, D]) bf16 per set
-        sets = [(randn(batch, Q_HEADS, 1, HEAD_DIM), randn(batch, KV_HEADS, keys, HEAD_DIM),
-                 randn(batch, KV_HEADS, keys, HEAD_DIM)) for _ in range(count)]
-        for impl, backend in SDPA_IMPLS:
-            with sdpa_kernel(backend):
-                _measure(results, grid, op, impl, shape, lambda q, k, v: _sdpa(q, k, v, causal=False),
-                         graph=small, rotate=sets, bytes=kv_bytes)
-
-
-def run(results: Results, *, quick: bool = False, progress: ProgressFn | None = None) -> None:
-    """Every PyTorch baseline of PERF.md on results.torch_device, rows added to results."""
+    compiler = compiler or Compiler(None)
     grid = grid_for(results.torch_device, quick)
-    cases = [(f"route T={t}", lambda t=t: _route_case(results, grid, t)) for t in grid.route_tokens]
-    cases += [(f"grouped_gemm_fc1 T={t}", lambda t=t: _grouped_gemm_case(results, grid, t)) for t in grid.gemm_tokens]
-    cases += [(f"attention_prefill B={b} S={s}", lambda b=b, s=s: _prefill_case(results, grid, b, s))
+    gemm = bench_experts.grid_for(results.torch_device, quick)
+    attention = bench_attention.grid_for(results.torch_device, quick)
+    cases = [(f"route T={t}", lambda t=t: _route_case(results, grid, compiler, t)) for t in grid.route_tokens]
+    cases += [(f"grouped_gemm_fc1 T={t}", lambda t=t: bench_experts.fc1_case(results, gemm, compiler, t, with_zaya=False))
+              for t in grid.gemm_tokens]
+    cases += [(f"attention_prefill B={b} S={s}",
+               lambda b=b, s=s: bench_attention.prefill_case(results, attention, b, s, with_zaya=False))
               for b, s in grid.prefill]
-    cases += [(f"attention_decode B={b} L={n}", lambda b=b, n=n: _decode_case(results, grid, b, n))
+    cases += [(f"attention_decode B={b} L={n}",
+               lambda b=b, n=n: bench_attention.decode_case(results, attention, b, n, with_zaya=False))
               for b, n in grid.decode]
     run_cases(cases, progress)
 
 
 # ---------------------------------------------------------------------------------------------
-# topk_gating: our kernel against eager PyTorch
+# topk_gating: our kernel against the PyTorch baselines
 # ---------------------------------------------------------------------------------------------
 
 def eager_topk_gating(logits: torch.Tensor, bias: torch.Tensor, k: int):
@@ -345,36 +300,54 @@ def tie_free_logits(tokens: int, routes: int, k: int, gen: torch.Generator, devi
     return logits, bias
 
 
-def _topk_case(results: Results, grid: Grid, tokens: int, routes: int, k: int, with_zaya: bool) -> None:
+def _topk_case(results: Results, grid: Grid, compiler: Compiler, tokens: int, routes: int, k: int,
+               with_zaya: bool) -> None:
     device, op = results.torch_device, "topk_gating"
     shape = {"T": tokens, "E": routes, "k": k, "dtype": "fp32"}
-    impls = ("zaya", "eager") if with_zaya else ("eager",)
-    with _shape_guard(results, op, shape, impls):
-        gen = _generator(device, 500 + tokens * routes + k)
+    impls = ("zaya", "eager", "torch_graph", "torch_compile") if with_zaya else ("eager", "torch_graph",
+                                                                                 "torch_compile")
+    with shape_guard(results, op, shape, impls):
+        gen = generator(device, 500 + tokens * routes + k)
         logits, bias = tie_free_logits(tokens, routes, k, gen, device)
         ref_weights, ref_ids = reference.topk_gating(logits, bias, k)
         nbytes = tokens * routes * 4 + routes * 4 + tokens * k * 8  # logits + bias read, weights + ids written
+        timing = dict(warmup=grid.warmup, iters=grid.iters, bytes=nbytes)
 
         def agrees(weights, ids) -> bool:
             ids_equal = torch.equal(ids.to(torch.int32), ref_ids)
             return ids_equal and bool((weights - ref_weights).abs().max() <= 1e-5)
 
-        sets = [(logits,)] + [tie_free_logits(tokens, routes, k, gen, device)[:1]
-                              for _ in range(_rotation_sets(device, tokens * routes * 4) - 1)]
+        # (logits [T, E'] fp32, bias [E'] fp32) per set; the first set's logits are the checked ones
+        sets = [(logits, bias)] + [(tie_free_logits(tokens, routes, k, gen, device)[0], bias)
+                                   for _ in range(rotation_count(device, tokens * routes * 4) - 1)]
+
+        def torch_topk(x, b):
+            return eager_topk_gating(x, b, k)
+
         if with_zaya:
-            def zaya(x):
-                return torch.ops.zaya.topk_gating(x, bias, k, False, -1)
-            _measure(results, grid, op, "zaya", shape, zaya, graph=True, rotate=sets, bytes=nbytes,
-                     check=lambda: agrees(*zaya(logits)))
-        _measure(results, grid, op, "eager", shape, lambda x: eager_topk_gating(x, bias, k), graph=True, rotate=sets,
-                 bytes=nbytes, check=lambda: agrees(*eager_topk_gating(logits, bias, k)))
+            def zaya(x, b):
+                return torch.ops.zaya.topk_gating(x, b, k, False, -1)
+            record(results, op, "zaya", shape, zaya, graph=True, rotate=sets, check=lambda: agrees(*zaya(*sets[0])),
+                   **timing)
+        record(results, op, "eager", shape, torch_topk, rotate=sets, check=lambda: agrees(*torch_topk(*sets[0])),
+               **timing)
+        record(results, op, "torch_graph", shape, torch_topk, graph=True, rotate=sets,
+               check=lambda: agrees(*torch_topk(*sets[0])), **timing)
+        record_compiled(results, compiler, op, shape, torch_topk, sets,
+                        check=lambda compiled: agrees(*compiled(*sets[0])), **timing)
 
 
-def run_topk(results: Results, *, quick: bool = False, progress: ProgressFn | None = None) -> None:
-    """topk_gating rows: "zaya" (torch.ops.zaya.topk_gating, only where it has a GPU kernel) and "eager",
-    each with `correct` = ids equal to the reference and weights within 1e-5, on tie-free logits."""
+def run_topk(results: Results, *, quick: bool = False, progress: ProgressFn | None = None,
+             compiler: Compiler | None = None) -> None:
+    """topk_gating rows: "zaya" (torch.ops.zaya.topk_gating, only where it has a GPU kernel), eager,
+    torch_graph and torch_compile, each with `correct` = ids equal to the reference and weights within
+    1e-5, on tie-free logits."""
+    compiler = compiler or Compiler(None)
     grid = grid_for(results.torch_device, quick)
     with_zaya = results.torch_device.type == "cuda" and zaya_kernels.has_device_kernel("topk_gating")
-    cases = [(f"topk_gating T={t} E'={e} k={k}", lambda t=t, e=e, k=k: _topk_case(results, grid, t, e, k, with_zaya))
+    if not with_zaya:
+        note("topk_gating: no device kernel here; the zaya rows are skipped, the baselines still timed")
+    cases = [(f"topk_gating T={t} E'={e} k={k}",
+              lambda t=t, e=e, k=k: _topk_case(results, grid, compiler, t, e, k, with_zaya))
              for e, k in TOPK_CONFIGS for t in grid.topk_tokens]
     run_cases(cases, progress)

@@ -32,6 +32,7 @@ GRAPH_CALLS = 20
 # "cold" measurement must also empty.
 _MI300_INFINITY_CACHE_BYTES = 256 * 2**20
 _UNKNOWN_CACHE_BYTES = 64 * 2**20  # above every Ampere/Hopper L2 (H200: 60 MB)
+_MIN_TIME_US = 1e-3                 # 1 ns: a time no timer here resolves; keeps every rate finite
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +194,214 @@ def run_cases(cases: Sequence[tuple[str, Callable[[], None]]], progress: Progres
 
 
 # ---------------------------------------------------------------------------------------------
+# one row: timing policy, capture fallback, torch.compile, correctness
+# ---------------------------------------------------------------------------------------------
+
+# A graph replay holds enough calls to last ~REPLAY_TARGET_US (so the replay's own launch and the event
+# resolution vanish), at most GRAPH_CALLS unless the rotation needs more, and at least every rotated set.
+REPLAY_TARGET_US = 200.0
+FLUSH_ESTIMATE_US = 60.0   # flush_cache on the H200 (2 x 60 MB written, then read)
+MIN_ITERS = 10
+ROW_BUDGET_MS = 2000.0     # the timed samples of one row stop growing past this (a multi-ms case: fewer samples)
+DEFAULT_COMPILE_MODE = "max-autotune-no-cudagraphs"
+DEFAULT_COMPILE_BUDGET_S = 60.0
+
+
+def note(message: str) -> None:
+    """A line for whoever watches the run (a skipped row, a compile budget spent); not stored in the JSON."""
+    print(f"note: {message}", flush=True)
+
+
+def error_text(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def replay_plan(probe_us: float, sets: int, iters: int) -> tuple[int, int]:
+    """(calls captured per graph replay, timed replays) for a call that takes ~probe_us: every rotated
+    set at least once per replay, ~REPLAY_TARGET_US per replay, and the samples of a multi-millisecond
+    case cut so that a row costs at most ~ROW_BUDGET_MS (never fewer than MIN_ITERS)."""
+    probe_us = max(float(probe_us), _MIN_TIME_US)
+    calls = max(sets, min(GRAPH_CALLS, math.ceil(REPLAY_TARGET_US / probe_us)))
+    affordable = int(ROW_BUDGET_MS * 1e3 / (calls * probe_us + FLUSH_ESTIMATE_US))
+    return calls, max(MIN_ITERS, min(iters, affordable))
+
+
+def measure(device, fn: Callable, *, rotate: Sequence | None = None, graph: bool = False, warmup: int = 10,
+            iters: int = 100) -> tuple[dict, str]:
+    """(timing stats, how they were taken) with the harness's policy, the same for ours and every baseline:
+    cold cache before each sample, inputs rotated through `rotate`, and with graph=True a CUDA-graph replay
+    sized by replay_plan from one eager probe. A call that cannot be captured (a host sync) is timed with
+    events instead, and `how` says why. On the CPU: wall clock, 1 warm-up and 3 samples (a smoke test)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return time_cpu(fn, warmup=1, iters=3, rotate=rotate), "wall"
+    sets = 1 if rotate is None else len(rotate)
+    probe = time_cuda(fn, rotate=rotate, warmup=1, iters=3)["median_us"]
+    calls, iters = replay_plan(probe, sets if graph else 1, iters)
+    warmup = min(warmup, max(2, iters // 10))
+    if graph:
+        try:
+            return time_cuda(fn, rotate=rotate, graph=True, graph_calls=calls, warmup=warmup, iters=iters), "graph"
+        except RuntimeError as err:  # not capturable: time it eagerly, inputs still rotated
+            torch.cuda.synchronize()
+            how = f"events (graph capture failed: {error_text(err)[:120]})"
+            return time_cuda(fn, rotate=rotate, warmup=warmup, iters=iters), how
+    return time_cuda(fn, rotate=rotate, warmup=warmup, iters=iters), "events"
+
+
+def record(results: "Results", op: str, impl: str, shape: dict, fn: Callable, *, rotate: Sequence | None = None,
+           graph: bool = False, check: Callable[[], bool] | None = None, warmup: int = 10, iters: int = 100,
+           **row) -> dict:
+    """Check (check() -> bool becomes `correct`), time fn with measure(), add the row. Any failure becomes a
+    row with median_us None and `error` (a backend that cannot run a shape must not stop the suite)."""
+    try:
+        correct = check() if check is not None else None
+        stats, how = measure(results.torch_device, fn, rotate=rotate, graph=graph, warmup=warmup, iters=iters)
+    except Exception as err:  # noqa: BLE001
+        release_memory(results.torch_device)
+        return results.add_row(op, impl, shape, None, error=error_text(err))
+    return results.add_row(op, impl, shape, stats["median_us"], correct=correct, p20_us=stats["p20_us"],
+                           p80_us=stats["p80_us"], timing=how, **row)
+
+
+def release_memory(device) -> None:
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+class Compiler:
+    """torch.compile for the `torch_compile` baseline rows, bounded in time.
+
+    Each shape is compiled for itself (dynamic=False, fullgraph=True: a graph break is an error, never a
+    silent eager fallback), as a server compiles its batch sizes. The default mode is
+    "max-autotune-no-cudagraphs": max-autotune's kernel choices (Triton GEMM templates, autotuned
+    pointwise kernels) without inductor's own CUDA graphs, which cannot be captured inside the harness's
+    graph; the harness replays the compiled code in its own graph, with the same rotation as ours.
+    Autotuning costs seconds to minutes per shape, so each op gets budget_s seconds of compilation: once
+    spent, that op's later shapes get an error row saying so. mode None: no torch_compile rows at all."""
+
+    def __init__(self, mode: str | None = DEFAULT_COMPILE_MODE, budget_s: float = DEFAULT_COMPILE_BUDGET_S):
+        self.mode = mode
+        self.budget_s = budget_s
+        self.spent_s: dict[str, float] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode is not None
+
+    def compile(self, op: str, fn: Callable, example_args: Sequence) -> tuple[Callable, float]:
+        """(compiled fn, seconds its first call took on example_args). Raises RuntimeError when this op's
+        budget is spent, or whatever torch.compile raised."""
+        spent = self.spent_s.get(op, 0.0)
+        if spent >= self.budget_s:
+            raise RuntimeError(f"not compiled: {op} spent its compile budget ({spent:.0f} of {self.budget_s:.0f} s; "
+                               "--compile-budget raises it)")
+        _allow_recompiles()
+        compiled = torch.compile(fn, mode=self.mode, fullgraph=True, dynamic=False)
+        device = next((a.device for a in example_args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+        start = time.perf_counter()
+        try:
+            compiled(*example_args)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        finally:
+            self.spent_s[op] = spent + time.perf_counter() - start
+        return compiled, time.perf_counter() - start
+
+
+def _allow_recompiles() -> None:
+    """One recompile per shape is the point of dynamic=False here: lift dynamo's per-function limit (8),
+    past which it would silently run eagerly."""
+    import torch._dynamo
+
+    for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit", "accumulated_recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
+
+
+def record_compiled(results: "Results", compiler: Compiler, op: str, shape: dict, fn: Callable, sets: Sequence, *,
+                    graph: bool = True, check: Callable[[Callable], bool] | None = None, **row) -> dict | None:
+    """The `torch_compile` row of fn (whose arguments are each rotation set): compiled by `compiler`, then
+    timed exactly as the other rows; a compile failure or a spent budget becomes the row's `error`.
+    check(compiled) -> bool becomes `correct`. No row (None) when compiling is off or on the CPU."""
+    if not compiler.enabled or results.torch_device.type == "cpu":
+        return None
+    try:
+        compiled, seconds = compiler.compile(op, fn, sets[0])
+    except Exception as err:  # noqa: BLE001  (the reason is the row's content)
+        release_memory(results.torch_device)
+        return results.add_row(op, "torch_compile", shape, None, error=error_text(err), compile_mode=compiler.mode)
+    return record(results, op, "torch_compile", shape, compiled, rotate=sets, graph=graph,
+                  check=None if check is None else (lambda: check(compiled)), compile_mode=compiler.mode,
+                  compile_s=seconds, **row)
+
+
+def within_bf16_rule(out: torch.Tensor, ref: torch.Tensor, ref_bf16: torch.Tensor, *, floor: float = 1e-3) -> bool:
+    """DESIGN.md §6: |out - ref| at most 2x the error of the same reference run in bf16, plus a small floor;
+    every element finite; shapes equal. ref is the fp32-compute reference."""
+    if out.shape != ref.shape or not bool(torch.isfinite(out.float()).all()):
+        return False
+    allowed = 2 * (ref_bf16.double() - ref.double()).abs().max() + floor if ref.numel() else 0
+    return bool(ref.numel() == 0 or (out.double() - ref.double()).abs().max() <= allowed)
+
+
+def gemm_agrees(out: torch.Tensor, ref: torch.Tensor) -> bool:
+    """DeepGEMM's global similarity 1 - 2<x,y>/(|x|^2+|y|^2) (float64) below 1e-4: two fp32-accumulating
+    bf16 GEMMs differ by output rounding (~1e-6); a wrong segment or layout gives ~0.5-1."""
+    if out.shape != ref.shape:
+        return False
+    x, y = out.double(), ref.double()
+    if not bool(torch.isfinite(x).all()):
+        return False
+    denom = (x * x + y * y).sum()
+    return bool(denom == 0 or 1 - 2 * (x * y).sum() / denom < 1e-4)
+
+
+def rotation_count(device, set_bytes: int, cap: int = 64) -> int:
+    """How many input sets make the rotated working set exceed the flush size (so that calls inside one
+    graph replay start cold), at most `cap`; 1 on the CPU."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return 1
+    return max(1, min(cap, math.ceil(flush_bytes(device) / max(1, set_bytes))))
+
+
+def generator(device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def standalone_main(suite: str, run: Callable, doc: str | None) -> None:
+    """`python -m bench.bench_<suite>`: run one suite on this machine's device and write its files
+    (default bench/results/<device>/); the CLI (`zaya-kernels bench --suite <suite>`) does the same."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(doc or suite).strip().splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and iterations")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch_compile rows (default on)")
+    parser.add_argument("--compile-mode", default=DEFAULT_COMPILE_MODE)
+    parser.add_argument("--compile-budget", type=float, default=DEFAULT_COMPILE_BUDGET_S,
+                        help="seconds of compilation per op")
+    parser.add_argument("--out", type=Path, default=None, help=f"folder for {suite}.json/.md/.png")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results = Results(suite if device.type == "cuda" else suite + "_cpu", device=device)
+    compiler = Compiler(args.compile_mode if args.compile else None, args.compile_budget)
+    run(results, quick=args.quick, compiler=compiler,
+        progress=lambda done, total, label: print(f"[{done}/{total}] {label}", flush=True))
+    out = args.out or (REPO_ROOT / "bench" / "results" / device_slug(device_name(device))
+                       if device.type == "cuda" else None)
+    from . import report
+
+    print(report.markdown(results.to_dict(), title=results.suite))
+    if out is not None:
+        for path in results.write(out):
+            print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------
 # ceilings, FLOPs, bytes, floors
 # ---------------------------------------------------------------------------------------------
 
@@ -212,8 +421,23 @@ def measure_ceilings(device, *, quick: bool = False) -> dict:
     b = torch.randn(size, size, dtype=torch.bfloat16, device=device)  # [size, size] bf16
     c = torch.empty(size, size, dtype=torch.bfloat16, device=device)
     matmul_us = time_on(device, lambda: torch.mm(a, b, out=c), **timing)["median_us"]
-    return {"copy_TBps": round(2 * copy_bytes / copy_us / 1e6, 4),
-            "matmul_bf16_TFLOPs": round(gemm_flops(size, size, size) / matmul_us / 1e6, 2)}
+    # Significant digits, never decimals: a loaded 2-core CPU does ~0.004 TFLOP/s, which two decimals
+    # rounded to 0.0 (and every rate divided by it). A ceiling is a rate over a positive time, so it is
+    # positive; the floor below keeps it so even for a timer that reads 0.
+    return {"copy_TBps": _round(2 * copy_bytes / max(copy_us, _MIN_TIME_US) / 1e6, 6),
+            "matmul_bf16_TFLOPs": _round(gemm_flops(size, size, size) / max(matmul_us, _MIN_TIME_US) / 1e6, 6)}
+
+
+def safe_ratio(numerator, denominator) -> float | None:
+    """numerator / denominator, or None when either is missing, not finite, or the denominator is not
+    positive (a failed row, a ceiling of 0 in an old results file): no ratio is ever a division by zero."""
+    try:
+        num, den = float(numerator), float(denominator)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(num) and math.isfinite(den)) or den <= 0:
+        return None
+    return num / den
 
 
 def gemm_flops(m: int, n: int, k: int) -> int:
@@ -234,9 +458,17 @@ def grouped_gemm_bytes(tokens: int, experts_touched: int, n: int, k: int, elem_b
     return elem_bytes * (experts_touched * n * k + tokens * k + tokens * n)
 
 
-def floor_us(ceilings: dict, *, flops: float = 0, bytes: float = 0) -> float:  # noqa: A002 (matches add_row)
-    """PERF.md's floor: max(bytes at the measured copy bandwidth, FLOPs at the measured matmul rate)."""
-    return max(bytes / (ceilings["copy_TBps"] * 1e6), flops / (ceilings["matmul_bf16_TFLOPs"] * 1e6))
+def floor_us(ceilings: dict, *, flops: float = 0, bytes: float = 0) -> float | None:  # noqa: A002 (as add_row)
+    """PERF.md's floor: max(bytes at the measured copy bandwidth, FLOPs at the measured matmul rate).
+    None when a ceiling the floor needs is missing or not positive (no division by zero)."""
+    terms = [0.0]
+    for amount, ceiling in ((bytes, ceilings.get("copy_TBps")), (flops, ceilings.get("matmul_bf16_TFLOPs"))):
+        if amount:
+            term = safe_ratio(amount, None if ceiling is None else ceiling * 1e6)
+            if term is None:
+                return None
+            terms.append(term)
+    return max(terms)
 
 
 # ---------------------------------------------------------------------------------------------

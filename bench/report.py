@@ -7,21 +7,38 @@ baseline of the same op and shape and its % of the ceilings, a plot, and the com
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
-# The baseline of each op: the fastest successful row among these impls, same op and shape, same file.
-# dense_mm is not a baseline of grouped_gemm_fc1: it computes one expert's weights only (a speed bound).
+# The baselines of each op: its speedups are stated against the BEST (fastest successful) of these impls
+# measured for the same op and shape in the same file. Ops not listed: every impl that is neither ours
+# nor a speed bound. dense_mm is never a baseline: it computes with one expert's weights (a speed bound).
 BASELINE_IMPLS = {
-    "route": ("eager",),
-    "topk_gating": ("eager",),
-    "grouped_gemm_fc1": ("torch_grouped_mm", "torch_mm_loop"),
+    "route": ("eager", "torch_graph", "torch_compile"),
+    "topk_gating": ("eager", "torch_graph", "torch_compile"),
+    "grouped_gemm_fc1": ("torch_grouped_mm", "torch_mm_loop", "torch_compile"),
+    "moe_mlp": ("torch_grouped_mm", "torch_compile"),
     "attention_prefill": ("sdpa_cudnn", "sdpa_flash"),
     "attention_decode": ("sdpa_cudnn", "sdpa_flash"),
+    "cca_prep": ("eager", "torch_graph", "torch_compile"),
 }
+BOUND_IMPLS = ("dense_mm",)
 OURS = "zaya"
 COLUMNS = ("op", "impl", "shape", "median µs", "TFLOP/s", "% matmul", "TB/s", "% copy", "floor µs",
-           "speedup vs baseline", "correct", "note")
+           "speedup vs best baseline", "correct", "note")
+
+
+def is_ours(impl: str) -> bool:
+    """"zaya" and its variants ("zaya_two_ops", "zaya_page64", ...)."""
+    return impl == OURS or impl.startswith(OURS + "_")
+
+
+def is_baseline(op: str, impl: str) -> bool:
+    listed = BASELINE_IMPLS.get(op)
+    if listed is not None:
+        return impl in listed
+    return not is_ours(impl) and impl not in BOUND_IMPLS
 
 
 def load_json(path) -> dict:
@@ -36,21 +53,32 @@ def shape_label(shape: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in shape.items())
 
 
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
 def baseline_row(rows: list[dict], row: dict) -> dict | None:
-    """The row `row` is compared with: for ops in BASELINE_IMPLS the fastest of their listed impls,
-    for other ops the fastest impl that is not ours; None when no such row succeeded."""
-    candidates = BASELINE_IMPLS.get(row["op"])
+    """The best baseline of `row`: the fastest successful row (positive median) of the same op and shape
+    whose impl is_baseline; None when there is none."""
     same = [r for r in rows if r["op"] == row["op"] and shape_key(r["shape"]) == shape_key(row["shape"])
-            and r.get("median_us") and (r["impl"] in candidates if candidates else r["impl"] != OURS)]
+            and _positive(r.get("median_us")) and is_baseline(r["op"], r["impl"])]
     return min(same, key=lambda r: r["median_us"]) if same else None
 
 
 def speedup(rows: list[dict], row: dict) -> tuple[float, str] | None:
-    """(baseline median / row median, baseline impl): > 1 means faster than the baseline."""
+    """(best baseline's median / row's median, that baseline's impl): > 1 means faster than every baseline.
+    None for a failed row or one without a baseline (never a division by zero)."""
     base = baseline_row(rows, row)
-    if base is None or not row.get("median_us"):
+    if base is None or not _positive(row.get("median_us")):
         return None
     return base["median_us"] / row["median_us"], base["impl"]
+
+
+def percent_of(value, ceiling) -> float | None:
+    """100 * value / ceiling, None when either is missing or the ceiling is not positive."""
+    if value is None or not _positive(ceiling):
+        return None
+    return 100 * value / ceiling
 
 
 def _num(value, fmt: str) -> str:
@@ -65,14 +93,14 @@ def table_cells(data: dict) -> list[list[str]]:
         tflops, tbps = row.get("tflops"), row.get("tbps")
         ratio = speedup(rows, row)
         if baseline_row(rows, row) is row:
-            ratio_text = "baseline"
+            ratio_text = "best baseline"
         else:
             ratio_text = "" if ratio is None else f"{ratio[0]:.2f}x {ratio[1]}"
         correct = row.get("correct")
         cells.append([
             row["op"], row["impl"], shape_label(row["shape"]), _num(row.get("median_us"), ".2f"),
-            _num(tflops, ".1f"), _num(tflops and 100 * tflops / ceilings["matmul_bf16_TFLOPs"], ".0f"),
-            _num(tbps, ".3f"), _num(tbps and 100 * tbps / ceilings["copy_TBps"], ".0f"),
+            _num(tflops, ".1f"), _num(percent_of(tflops, ceilings.get("matmul_bf16_TFLOPs")), ".0f"),
+            _num(tbps, ".3f"), _num(percent_of(tbps, ceilings.get("copy_TBps")), ".0f"),
             _num(row.get("floor_us"), ".1f"), ratio_text,
             "" if correct is None else ("yes" if correct else "NO"),
             f"error: {row['error']}" if row.get("error") else row.get("note", ""),
@@ -85,18 +113,25 @@ def markdown(data: dict, title: str = "results") -> str:
     lines = [
         f"# {title} on {data['device']}", "",
         f"torch {data['torch']}, {data['runtime']}, commit `{data['commit']}`, {data['date']}.", "",
-        f"Ceilings measured in this run: device copy {ceilings['copy_TBps']:.3g} TB/s (read + write), "
-        f"bf16 matmul {ceilings['matmul_bf16_TFLOPs']:.4g} TFLOP/s.", "",
+        f"Ceilings measured in this run: device copy {_ceiling(ceilings, 'copy_TBps')} TB/s (read + write), "
+        f"bf16 matmul {_ceiling(ceilings, 'matmul_bf16_TFLOPs')} TFLOP/s.", "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" if c in ("op", "impl", "shape", "note") else "---:" for c in COLUMNS) + "|",
     ]
     for cells in table_cells(data):
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    baselines = "; ".join(f"{op}: {', '.join(impls)}" for op, impls in BASELINE_IMPLS.items())
-    lines += ["", "speedup vs baseline = the baseline's median / this row's median (> 1: faster), with the "
-              f"baseline the fastest of {baselines} measured for the same op and shape in this run. "
-              "floor = max(bytes at the copy ceiling, FLOPs at the matmul ceiling).", ""]
+    baselines = "; ".join(f"{op}: {', '.join(impls)}" for op, impls in BASELINE_IMPLS.items()
+                          if any(r["op"] == op for r in data["rows"]))
+    lines += ["", "speedup vs best baseline = the best baseline's median / this row's median (> 1: faster than "
+              f"every baseline), the best baseline being the fastest of ({baselines or 'none'}) measured for the "
+              "same op and shape in this run. floor = max(bytes at the copy ceiling, FLOPs at the matmul "
+              "ceiling).", ""]
     return "\n".join(lines)
+
+
+def _ceiling(ceilings: dict, key: str) -> str:
+    value = ceilings.get(key)
+    return format(value, ".4g") if isinstance(value, (int, float)) else "?"
 
 
 def plot(data: dict, path, title: str = "results") -> Path | None:
@@ -143,6 +178,10 @@ def plot(data: dict, path, title: str = "results") -> Path | None:
     return Path(path)
 
 
+def _ratio(num, den) -> float | None:
+    return num / den if _positive(num) and _positive(den) else None
+
+
 def compare(a_path, b_path) -> list[dict]:
     """Rows of two result files matched by (op, impl, shape): {op, impl, shape, a_us, b_us, ratio} with
     ratio = b_us / a_us (< 1: B is faster). Rows present in one file only come last, with None for the other."""
@@ -155,7 +194,7 @@ def compare(a_path, b_path) -> list[dict]:
         b = b_by_key.get(key(a), {})
         a_us, b_us = a.get("median_us"), b.get("median_us")
         matched.append({"op": a["op"], "impl": a["impl"], "shape": a["shape"], "a_us": a_us, "b_us": b_us,
-                        "ratio": b_us / a_us if a_us and b_us else None})
+                        "ratio": _ratio(b_us, a_us)})
     only_b = [{"op": b["op"], "impl": b["impl"], "shape": b["shape"], "a_us": None, "b_us": b.get("median_us"),
                "ratio": None} for b in b_rows if key(b) not in a_keys]
     return matched + only_b

@@ -1,15 +1,19 @@
 # SPDX-License-Identifier: Apache-2.0
 """CPU tier: the benchmark harness and reports (DESIGN.md §7): the results JSON's exact shape and its
-round trip, rates, floors and FLOP counts against PERF.md's figures, the baseline ratio, the markdown,
-the comparison of two files, the timers' statistics, and the baselines' own correctness checks."""
+round trip, rates, floors and FLOP counts against PERF.md's figures, the best-baseline ratio, guarded
+ratios on a slow device, the markdown, the comparison of two files, the timers' statistics and replay
+plan, torch.compile rows, the suites' row schema (mocked timings), and the PyTorch baselines' own
+correctness against the references (the capturable route / align, the grouped-mm MoE, the batched
+cca_prep)."""
 import contextlib
 import json
+import math
 import time
 
 import pytest
 import torch
 
-from bench import baselines, harness, report
+from bench import baselines, bench_attention, bench_experts, harness, report
 from zaya_kernels import reference
 
 CEILINGS = {"copy_TBps": 4.0, "matmul_bf16_TFLOPs": 800.0}
@@ -94,7 +98,7 @@ def test_markdown_shows_ratios_ceiling_percentages_and_errors():
     assert cells[3] == "25.00" and cells[4] == "1600.0" and cells[5] == "200"  # 1600 TF of an 800 TF ceiling
     assert cells[9] == "4.00x torch_grouped_mm"
     grouped = next(line for line in lines if "| torch_grouped_mm |" in line)
-    assert "| baseline |" in grouped and "| 50 |" in grouped  # 2 TB/s of 4 TB/s
+    assert "| best baseline |" in grouped and "| 50 |" in grouped  # 2 TB/s of 4 TB/s
     assert "error: RuntimeError: boom" in text
     assert "4 TB/s" in text and "800 TFLOP/s" in text
 
@@ -168,11 +172,12 @@ def test_gemm_check_catches_a_wrong_layout():
     gen = torch.Generator().manual_seed(1)
     a = torch.randn(24, 64, generator=gen).bfloat16()
     w = torch.randn(3, 32, 64, generator=gen).bfloat16()
-    offs = torch.tensor([5, 5, 24], dtype=torch.int32)
-    loop = baselines.mm_loop(a, w, offs)
+    loop = bench_experts.mm_loop(a, w, (5, 5, 24))
     ref = reference.grouped_gemm(a, w, torch.tensor([0, 5, 5, 24], dtype=torch.int32))
     assert baselines.gemm_agrees(loop, ref.to(loop.dtype))
-    wrong = baselines.mm_loop(a, w.flip(0), offs)
+    grouped = bench_experts.grouped_mm_fc1(a, w, torch.tensor([5, 5, 24], dtype=torch.int32))
+    assert baselines.gemm_agrees(grouped, ref)
+    wrong = bench_experts.mm_loop(a, w.flip(0), (5, 5, 24))
     assert not baselines.gemm_agrees(wrong, loop)
 
 
@@ -263,8 +268,343 @@ def test_time_cuda_control_flow_on_a_fake_device(monkeypatch):
     assert fake.replays == 3 + 4 and stats["iters"] == 4
 
 
-def test_baselines_time_eagerly_when_capture_fails(monkeypatch):
+def test_measure_times_eagerly_when_capture_fails(monkeypatch):
     _FakeCuda(fail_capture=True).install(monkeypatch)
-    grid = baselines.grid_for(torch.device("cpu"), quick=True)
-    stats, how = baselines._time(torch.device("cuda"), lambda: None, grid, graph=True, rotate=None)
-    assert how.startswith("events (graph capture failed: RuntimeError") and stats["iters"] == grid.iters
+    stats, how = harness.measure("cuda", lambda: time.sleep(1e-4), graph=True, iters=12)
+    assert how.startswith("events (graph capture failed: RuntimeError") and stats["iters"] == 12
+
+
+def test_measure_sizes_the_replay_from_a_probe(monkeypatch):
+    fake = _FakeCuda()
+    fake.install(monkeypatch)
+    calls = []
+    stats, how = harness.measure("cuda", lambda x: calls.append(x) or time.sleep(1e-3), graph=True,
+                                 rotate=[(1,), (2,), (3,)], iters=15, warmup=3)
+    # probe: 1 warm-up + 3 timed eager calls; then one warm call per set and the capture; a ~1 ms call
+    # needs no more calls per replay than the 3 sets
+    assert how == "graph" and stats["iters"] == 15
+    assert calls[:4] == [1, 2, 3, 1] and calls[4:7] == [1, 2, 3] and calls[7:] == [1, 2, 3]
+
+
+def test_replay_plan():
+    assert harness.replay_plan(2.0, 1, 100) == (harness.GRAPH_CALLS, 100)   # short call: 20 per replay
+    assert harness.replay_plan(2.0, 64, 100) == (64, 100)                     # every rotated set per replay
+    assert harness.replay_plan(1000.0, 1, 100) == (1, 100)                    # 1 ms: one call per replay
+    assert harness.replay_plan(50_000.0, 1, 100) == (1, 39)                   # 50 ms: 2 s of samples
+    assert harness.replay_plan(500_000.0, 1, 100) == (1, harness.MIN_ITERS)   # never fewer than MIN_ITERS
+    assert harness.replay_plan(0.0, 1, 100)[0] == harness.GRAPH_CALLS         # a timer reading 0: no division
+
+
+# ---------------------------------------------------------------------------------------------
+# finding 4: no ceiling or ratio rounds to zero or divides by zero
+# ---------------------------------------------------------------------------------------------
+
+def test_ceilings_of_a_very_slow_device_stay_positive(monkeypatch):
+    """A loaded 2-core CPU: ~0.004 TFLOP/s, which the old two-decimal rounding made 0.0 (then report.py
+    divided by it). Here the mocked device takes 1000 s per call."""
+    monkeypatch.setattr(harness, "time_on", lambda device, fn, **kw: {"median_us": 1e9, "p20_us": 1e9,
+                                                                       "p80_us": 1e9, "iters": 1})
+    ceilings = harness.measure_ceilings("cpu")
+    assert 0 < ceilings["matmul_bf16_TFLOPs"] < 1e-6 and 0 < ceilings["copy_TBps"] < 1e-6
+    assert ceilings["matmul_bf16_TFLOPs"] == pytest.approx(2 * 512 ** 3 / 1e9 / 1e6, rel=1e-5)
+    results = harness.Results("slow", device="cpu", ceilings=ceilings)
+    floor = harness.floor_us(ceilings, flops=1e9, bytes=1e6)
+    assert math.isfinite(floor) and floor > 0
+    results.add_row("grouped_gemm_fc1", "torch_grouped_mm", GEMM_SHAPE, 5e6, flops=1e9, bytes=1e6, floor_us=floor)
+    results.add_row("grouped_gemm_fc1", "zaya", GEMM_SHAPE, 1e6, flops=1e9, bytes=1e6, floor_us=floor)
+    text = report.markdown(results.to_dict(), title="slow")
+    zaya = next(line for line in text.splitlines() if "| zaya |" in line)
+    assert "5.00x torch_grouped_mm" in zaya and "inf" not in zaya and "nan" not in zaya
+
+
+def test_ceiling_0_from_an_old_file_divides_nothing(tmp_path):
+    data = _gemm_results().to_dict()
+    data["ceilings"] = {"copy_TBps": 0.0, "matmul_bf16_TFLOPs": 0.0}
+    text = report.markdown(data, title="old")
+    zaya = next(line for line in text.splitlines() if "| zaya | T=128" in line)
+    cells = [c.strip() for c in zaya.strip("|").split("|")]
+    assert cells[4] == "1600.0" and cells[5] == "" and cells[9] == "4.00x torch_grouped_mm"
+    assert harness.floor_us(data["ceilings"], flops=1e9, bytes=1e6) is None
+    assert harness.floor_us(data["ceilings"]) == 0.0  # nothing to move, nothing divided
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    assert report.plot(data, tmp_path / "old.png", title="old") is not None
+
+
+def test_safe_ratio_and_zero_or_failed_medians():
+    assert harness.safe_ratio(6, 3) == 2 and harness.safe_ratio(0, 3) == 0
+    for num, den in ((1, 0), (1, -2), (None, 1), (1, None), (float("nan"), 1), (1, float("inf")), ("x", 1)):
+        assert harness.safe_ratio(num, den) is None
+    rows = _results([("route", "eager", {"T": 1}, 0.0, {}), ("route", "torch_graph", {"T": 1}, None, {"error": "x"}),
+                     ("route", "zaya", {"T": 1}, 0.0, {})]).rows
+    assert report.baseline_row(rows, rows[2]) is None and report.speedup(rows, rows[2]) is None
+    a = _results([("route", "eager", {"T": 1}, 0.0, {})])
+    assert report.table_cells(a.to_dict())[0][9] == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# finding 2: the best baseline of the same run
+# ---------------------------------------------------------------------------------------------
+
+def test_speedup_is_against_the_best_baseline_of_the_same_run():
+    shape = {"T": 16}
+    rows = _results([
+        ("route", "eager", shape, 300.0, {}), ("route", "torch_graph", shape, 40.0, {}),
+        ("route", "torch_compile", shape, 25.0, {}), ("route", "zaya", shape, 10.0, {}),
+        ("route", "zaya_two_ops", shape, 5.0, {}),  # ours: never a baseline, however fast
+        ("route", "torch_compile", {"T": 32}, 1.0, {}),  # another shape: not compared
+        ("moe_mlp", "torch_grouped_mm", shape, 90.0, {}), ("moe_mlp", "torch_compile", shape, None, {"error": "x"}),
+        ("moe_mlp", "zaya", shape, 30.0, {}),
+        ("cca_prep", "eager", shape, 900.0, {}), ("cca_prep", "torch_graph", shape, 60.0, {}),
+        ("cca_prep", "zaya", shape, 3.0, {}),
+        ("new_op", "some_lib", shape, 8.0, {}), ("new_op", "dense_mm", shape, 1.0, {}), ("new_op", "zaya", shape, 4.0, {}),
+    ]).rows
+    by = {(r["op"], r["impl"], r["shape"]["T"]): r for r in rows}
+    assert report.speedup(rows, by[("route", "zaya", 16)]) == (2.5, "torch_compile")
+    assert report.speedup(rows, by[("route", "zaya_two_ops", 16)]) == (5.0, "torch_compile")
+    assert report.speedup(rows, by[("moe_mlp", "zaya", 16)]) == (3.0, "torch_grouped_mm")  # failed compile ignored
+    assert report.speedup(rows, by[("cca_prep", "zaya", 16)]) == (20.0, "torch_graph")
+    assert report.speedup(rows, by[("new_op", "zaya", 16)]) == (2.0, "some_lib")  # unlisted op: bounds excluded
+    assert report.is_ours("zaya_page64") and not report.is_ours("zayax")
+    text = report.markdown(_results([("route", "eager", shape, 300.0, {}), ("route", "torch_compile", shape, 25.0, {}),
+                                     ("route", "zaya", shape, 10.0, {})]).to_dict())
+    assert "speedup vs best baseline" in text and "2.50x torch_compile" in text
+    assert "route: eager, torch_graph, torch_compile" in text and "moe_mlp" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# torch_compile rows
+# ---------------------------------------------------------------------------------------------
+
+def _gpu_results() -> harness.Results:
+    """Results whose device claims to be a GPU (record_compiled makes no rows on the CPU)."""
+    results = _results()
+    results.torch_device = torch.device("cuda")
+    return results
+
+
+def test_a_spent_compile_budget_becomes_an_error_row():
+    compiler = harness.Compiler("max-autotune-no-cudagraphs", budget_s=10.0)
+    compiler.spent_s["route"] = 10.0
+    results = _gpu_results()
+    row = harness.record_compiled(results, compiler, "route", {"T": 1}, lambda x: x, [(torch.ones(1),)])
+    assert row["median_us"] is None and "compile budget" in row["error"] and row["impl"] == "torch_compile"
+    assert row["compile_mode"] == "max-autotune-no-cudagraphs"
+
+
+def test_a_failed_compile_becomes_an_error_row(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor exploded\nlong traceback")
+    monkeypatch.setattr(torch, "compile", broken)
+    results = _gpu_results()
+    compiler = harness.Compiler("max-autotune-no-cudagraphs")
+    row = harness.record_compiled(results, compiler, "moe_mlp", {"T": 1}, lambda x: x, [(torch.ones(1),)])
+    assert row["error"] == "RuntimeError: inductor exploded" and row["median_us"] is None
+
+
+def test_no_compile_rows_when_off_or_on_the_cpu():
+    assert harness.record_compiled(_gpu_results(), harness.Compiler(None), "op", {}, lambda: 0, [()]) is None
+    assert harness.record_compiled(_results(), harness.Compiler(), "op", {}, lambda: 0, [()]) is None
+
+
+def test_compiler_counts_its_time_per_op(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    compiler = harness.Compiler("default", budget_s=100.0)
+    compiled, seconds = compiler.compile("op", lambda x: time.sleep(0.01), (None,))
+    assert seconds >= 0.01 and compiler.spent_s["op"] >= 0.01 and "other" not in compiler.spent_s
+
+
+# ---------------------------------------------------------------------------------------------
+# the suites' rows, with mocked timings
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fixed_timer(monkeypatch):
+    """time_cpu returns fixed statistics without timing anything (the suites still build inputs and run
+    every correctness check)."""
+    stats = {"median_us": 100.0, "p20_us": 90.0, "p80_us": 110.0, "iters": 3}
+    monkeypatch.setattr(harness, "time_cpu", lambda fn, **kwargs: dict(stats))
+    return stats
+
+
+def _check_schema(rows, ops_impls):
+    assert {(r["op"], r["impl"]) for r in rows} == ops_impls
+    for row in rows:
+        assert {"op", "impl", "shape", "median_us"} <= set(row) and isinstance(row["shape"], dict)
+        if row.get("error"):
+            continue
+        assert row["median_us"] == 100.0 and row["timing"] == "wall", row
+
+
+def test_experts_suite_rows(fixed_timer):
+    results = harness.Results("experts_cpu", device="cpu", ceilings=CEILINGS)
+    bench_experts.run(results)
+    grid = bench_experts.grid_for(torch.device("cpu"), quick=False)
+    _check_schema(results.rows, {("grouped_gemm_fc1", "torch_grouped_mm"), ("grouped_gemm_fc1", "torch_mm_loop"),
+                                 ("grouped_gemm_fc1", "dense_mm"), ("moe_mlp", "torch_grouped_mm")})
+    for row in results.rows:
+        assert "error" not in row, row
+        if row["impl"] != "dense_mm":
+            assert row["correct"] is True and row["floor_us"] > 0 and row["experts_touched"] >= 1
+    fc1 = [r for r in results.rows if r["op"] == "grouped_gemm_fc1" and r["impl"] == "torch_grouped_mm"]
+    assert [r["shape"]["T"] for r in fc1] == list(grid.tokens)
+    t = fc1[-1]["shape"]["T"]
+    flops, nbytes = harness.gemm_flops(t, 2 * grid.ffn, grid.hidden), None
+    nbytes = harness.grouped_gemm_bytes(t, fc1[-1]["experts_touched"], 2 * grid.ffn, grid.hidden)
+    assert fc1[-1]["floor_us"] == pytest.approx(harness.floor_us(CEILINGS, flops=flops, bytes=nbytes), rel=1e-3)
+    dense = [r for r in results.rows if r["impl"] == "dense_mm"]
+    assert [r["shape"]["T"] for r in dense] == list(grid.dense_tokens)
+
+
+def test_experts_ratios_of_the_zaya_rows():
+    results = _results([("grouped_gemm_fc1", "zaya", GEMM_SHAPE, 50.0, dict(floor_us=40.0)),
+                        ("grouped_gemm_fc1", "dense_mm", GEMM_SHAPE, 45.0, {}),
+                        ("moe_mlp", "zaya", {"T": 1}, 12.0, dict(floor_us=0.0))])
+    bench_experts._annotate(results, "grouped_gemm_fc1", GEMM_SHAPE)
+    bench_experts._annotate(results, "moe_mlp", {"T": 1})
+    zaya = results.rows[0]
+    assert zaya["of_floor"] == pytest.approx(1.25) and zaya["dense_rate_fraction"] == pytest.approx(0.9)
+    assert results.rows[2]["of_floor"] is None and "dense_rate_fraction" not in results.rows[2]
+
+
+def test_expert_floors_match_perf_md():
+    """PERF.md: one expert (fc1 + fc2) is 25.2 MB of bf16, ~6 us at 4.09 TB/s."""
+    perf = {"copy_TBps": 4.09, "matmul_bf16_TFLOPs": 755.0}
+    nbytes = bench_experts.moe_bytes(1, 1, 2048, 2048)
+    assert nbytes == pytest.approx(25.2e6, rel=2e-3)
+    assert harness.floor_us(perf, bytes=nbytes, flops=bench_experts.moe_flops(1, 2048, 2048)) == pytest.approx(6.15,
+                                                                                                               abs=0.05)
+    assert bench_experts.moe_flops(65536, 2048, 2048) == 3 * harness.gemm_flops(65536, 2048, 2048) * 2 / 2 * 1
+
+
+def test_attention_suite_rows(fixed_timer):
+    results = harness.Results("attention_cpu", device="cpu", ceilings=CEILINGS)
+    bench_attention.run(results)
+    _check_schema(results.rows, {("attention_prefill", "sdpa_cudnn"), ("attention_prefill", "sdpa_flash"),
+                                 ("attention_decode", "sdpa_cudnn"), ("attention_decode", "sdpa_flash"),
+                                 ("cca_prep", "torch_graph"), ("cca_prep", "eager")})
+    for row in results.rows:  # the timer is mocked: even cuDNN's rows (no CPU kernel) are not called
+        assert "error" not in row and row["floor_us"] > 0, row
+        if row["impl"] == "torch_graph":
+            assert row["correct"] is True
+    phases = [(r["shape"]["phase"], r["shape"]["B"]) for r in results.rows if r["impl"] == "torch_graph"]
+    assert phases == [("prefill", 1), ("decode", 1), ("decode", 4)]
+
+
+def test_attention_floors():
+    perf = {"copy_TBps": 4.0, "matmul_bf16_TFLOPs": 800.0}
+    kv = 2 * 32 * 32768 * 2 * 128 * 2  # B=32, L=32768: K and V, bf16
+    flops = harness.attention_flops(32, 8, 1, 32768, 128, causal=False)
+    assert harness.floor_us(perf, flops=flops, bytes=kv) == pytest.approx(kv / 4e6)
+    prefill = harness.attention_flops(1, 8, 16384, 16384, 128, causal=True)
+    assert harness.floor_us(perf, flops=prefill, bytes=1e8) == pytest.approx(prefill / 8e8)
+
+
+# ---------------------------------------------------------------------------------------------
+# the capturable baselines compute what the references compute
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tokens,k,experts,block_m", [(1, 1, 16, 64), (37, 1, 4, 8), (50, 2, 5, 16), (64, 1, 16, 1),
+                                                      (0, 1, 4, 8)])
+def test_graph_moe_align_equals_the_reference(tokens, k, experts, block_m):
+    gen = torch.Generator().manual_seed(tokens + experts)
+    ids = torch.randint(0, experts + 2, (tokens, k), generator=gen, dtype=torch.int32)  # E and E+1: no expert
+    if tokens > 4:
+        ids[:4] = 1  # a crowded expert; others may stay empty
+    got = baselines.graph_moe_align(ids, experts, block_m)
+    expected = reference.moe_align(ids, experts, block_m)
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.int32 and torch.equal(g, e)
+
+
+def test_graph_route_equals_the_reference():
+    gen = torch.Generator().manual_seed(3)
+    weights = baselines.make_router_weights("cpu", gen)
+    x = torch.randn(96, baselines.HIDDEN, generator=gen).bfloat16()
+    r_prev = torch.randn(96, baselines.ROUTER_WIDTH, generator=gen).bfloat16()
+    args = baselines.route_args(x, r_prev, weights)
+    outputs = baselines.graph_route(*args)
+    assert baselines.route_agrees(outputs, args)
+    assert int((outputs[1] == baselines.ROUTES - 1).sum()) >= 0  # skip routes allowed, sent to no expert
+    wrong = list(outputs)
+    wrong[4] = outputs[4].flip(0)  # block_expert_ids reversed
+    assert not baselines.route_agrees(wrong, args)
+
+
+@pytest.mark.parametrize("k,skip_mode", [(1, "scaled_input"), (2, "scaled_input"), (2, "zero")])
+def test_grouped_mm_moe_equals_the_reference(k, skip_mode):
+    gen = torch.Generator().manual_seed(k)
+    tokens, hidden, ffn, experts = 40, 64, 32, 4
+    x = torch.randn(tokens, hidden, generator=gen).bfloat16()
+    ids = torch.randint(0, experts + 1, (tokens, k), generator=gen, dtype=torch.int32)  # id E: the skip route
+    ids[:3] = 2  # expert 2 crowded
+    weights = torch.rand(tokens, k, generator=gen)
+    w1 = (torch.randn(experts, 2 * ffn, hidden, generator=gen) * hidden ** -0.5).bfloat16()
+    w2 = (torch.randn(experts, hidden, ffn, generator=gen) * ffn ** -0.5).bfloat16()
+    sorted_ids, _, offsets, _ = reference.moe_align(ids, experts, 8)
+    args = (x, weights, ids, sorted_ids, offsets, w1, w2, skip_mode)
+    got = bench_experts.grouped_mm_moe(*args)
+    expected = reference.moe_mlp(*args)
+    assert harness.gemm_agrees(got, expected)
+    assert not harness.gemm_agrees(bench_experts.grouped_mm_moe(x, weights, ids, sorted_ids, offsets, w1.flip(0), w2,
+                                                                skip_mode), expected)
+
+
+def _cca_args(lengths, starts, page_size=16, seed=0):
+    """cca_prep arguments for a varlen batch (ZAYA1's widths: 8:2 heads, head dim 128), pages shuffled."""
+    gen = torch.Generator().manual_seed(seed)
+    hq, hkv, d = 8, 2, 128
+    channels, value_width = (hq + hkv) * d, hkv * d // 2
+    batch, tokens = len(lengths), sum(lengths)
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
+    pages = -(-(max(s + n for s, n in zip(starts, lengths)) + 1) // page_size)
+    table = torch.randperm(batch * pages, generator=gen).view(batch, pages).to(torch.int32)
+
+    def rand(*shape, scale=1.0, dtype=torch.bfloat16):
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype)
+
+    return (rand(tokens, channels + 2 * value_width), cu, torch.tensor(starts, dtype=torch.int32),
+            rand(batch, channels, 2, dtype=torch.float32), rand(batch, value_width, dtype=torch.float32),
+            rand(channels, 1, 2, scale=0.5), rand(channels, scale=0.1), rand(channels, d, 2, scale=(2 * d) ** -0.5),
+            rand(channels, scale=0.1), (0.5 + torch.rand(hkv, generator=gen)).bfloat16(),
+            rand(batch * pages, page_size, hkv, d), rand(batch * pages, page_size, hkv, d), table)
+
+
+@pytest.mark.parametrize("lengths,starts", [([5, 0, 1, 2, 7], [0, 3, 17, 30, 5]), ([1, 1, 1], [100, 0, 33]),
+                                            ([19], [0])])
+def test_graph_cca_prep_equals_the_reference(lengths, starts):
+    """Varlen with empty, 1- and 2-token sequences, chunks continuing from stored states, shuffled pages."""
+    args = _cca_args(lengths, starts)
+    assert bench_attention.cca_agrees(bench_attention.graph_cca_prep, args)
+
+
+def test_cca_check_catches_a_missing_state_update():
+    args = _cca_args([4, 3], [2, 9])
+
+    def forgets_value_state(*a):
+        value_state = a[4].clone()
+        q = bench_attention.graph_cca_prep(*a)
+        a[4].copy_(value_state)
+        return q
+
+    assert not bench_attention.cca_agrees(forgets_value_state, args)
+
+
+def test_paged_cache_holds_each_sequence_in_its_pages():
+    gen = torch.Generator().manual_seed(5)
+    k = torch.randn(3, 40, 2, 8, generator=gen).bfloat16()
+    v = torch.randn(3, 40, 2, 8, generator=gen).bfloat16()
+    k_cache, v_cache, table = bench_attention.paged(k, v, 16, gen)
+    assert k_cache.shape == (9, 16, 2, 8) and table.shape == (3, 3) and sorted(table.flatten().tolist()) == list(range(9))
+    for b in range(3):
+        assert torch.equal(reference.gather_kv(k_cache, table[b], 40), k[b])
+        assert torch.equal(reference.gather_kv(v_cache, table[b], 40), v[b])
+
+
+def test_within_bf16_rule():
+    ref = torch.tensor([1.0, 2.0, 3.0])
+    ref16 = ref + torch.tensor([0.01, 0.0, -0.01])
+    assert harness.within_bf16_rule(ref + 0.02, ref, ref16, floor=0)
+    assert not harness.within_bf16_rule(ref + 0.03, ref, ref16, floor=0)
+    assert not harness.within_bf16_rule(torch.tensor([1.0, float("nan"), 3.0]), ref, ref16)
+    assert not harness.within_bf16_rule(ref[:2], ref, ref16)

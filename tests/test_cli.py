@@ -77,9 +77,9 @@ def test_bench_on_cpu_writes_rows_for_every_baseline_op(tmp_path):
     assert result.exit_code == 0, result.output
     assert "No GPU here" in result.output
     data = json.loads((tmp_path / "baselines_cpu.json").read_text())
-    assert data["device"] == "cpu"
+    assert data["device"] == "cpu" and data["ceilings"]["matmul_bf16_TFLOPs"] > 0 and data["ceilings"]["copy_TBps"] > 0
     impls = {(r["op"], r["impl"]) for r in data["rows"]}
-    assert impls == {("route", "eager"), ("grouped_gemm_fc1", "torch_mm_loop"),
+    assert impls == {("route", "eager"), ("route", "torch_graph"), ("grouped_gemm_fc1", "torch_mm_loop"),
                      ("grouped_gemm_fc1", "torch_grouped_mm"), ("grouped_gemm_fc1", "dense_mm"),
                      ("attention_prefill", "sdpa_flash"), ("attention_prefill", "sdpa_cudnn"),
                      ("attention_decode", "sdpa_flash"), ("attention_decode", "sdpa_cudnn")}
@@ -90,10 +90,27 @@ def test_bench_on_cpu_writes_rows_for_every_baseline_op(tmp_path):
             assert row["median_us"] > 0 and "error" not in row, row
     assert all(r["correct"] for r in data["rows"] if "correct" in r)
     topk = json.loads((tmp_path / "topk_cpu.json").read_text())
-    assert {r["op"] for r in topk["rows"]} == {"topk_gating"}
-    assert len(topk["rows"]) >= 6 and all(r["correct"] for r in topk["rows"])
-    assert (tmp_path / "baselines_cpu.md").is_file() and (tmp_path / "baselines_cpu.png").is_file()
+    assert {(r["op"], r["impl"]) for r in topk["rows"]} == {("topk_gating", "eager"), ("topk_gating", "torch_graph")}
+    assert len(topk["rows"]) >= 12 and all(r["correct"] for r in topk["rows"])
+    experts = json.loads((tmp_path / "experts_cpu.json").read_text())
+    assert {r["op"] for r in experts["rows"]} == {"grouped_gemm_fc1", "moe_mlp"}
+    attention = json.loads((tmp_path / "attention_cpu.json").read_text())
+    assert {r["op"] for r in attention["rows"]} == {"attention_prefill", "attention_decode", "cca_prep"}
+    for name in ("baselines", "topk", "route", "experts", "attention"):
+        assert (tmp_path / f"{name}_cpu.md").is_file() and (tmp_path / f"{name}_cpu.png").is_file()
+    assert "no device kernel here" in result.output  # the skipped zaya rows are announced
+    assert "speedup vs best baseline" in (tmp_path / "route_cpu.md").read_text()
     assert _results_listing() == before
+
+
+@no_gpu_only
+def test_bench_takes_the_compile_options_and_new_suites(tmp_path):
+    result = _invoke("bench", "--quick", "--suite", "experts", "--no-compile", "--compile-mode", "default",
+                     "--compile-budget", "5", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "experts_cpu.json").read_text())["rows"]
+    assert rows and not any(r["impl"] == "torch_compile" for r in rows)
+    assert _invoke("bench", "--suite", "nope").exit_code != 0
 
 
 @no_gpu_only

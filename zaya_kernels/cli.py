@@ -26,7 +26,13 @@ class Suite(str, Enum):
     baselines = "baselines"
     topk = "topk"
     route = "route"
+    experts = "experts"
+    attention = "attention"
     all = "all"
+
+
+# The suites in their own files (bench/bench_<suite>.py, each with run(results, quick=, progress=, compiler=)).
+SUITE_MODULES = {"route": "bench_route", "experts": "bench_experts", "attention": "bench_attention"}
 
 
 class DeviceChoice(str, Enum):
@@ -119,13 +125,14 @@ def _import_bench():
     return baselines, harness, report
 
 
-def _route_runner():
-    """bench.bench_route.run when that module exists, else None (an import error is reported, not hidden)."""
-    if not (REPO_ROOT / "bench" / "bench_route.py").is_file():
+def _suite_runner(name: str):
+    """bench.<SUITE_MODULES[name]>.run when that file exists, else None (an import error is raised, not hidden)."""
+    module = SUITE_MODULES[name]
+    if not (REPO_ROOT / "bench" / f"{module}.py").is_file():
         return None
-    from bench import bench_route
+    import importlib
 
-    return bench_route.run
+    return importlib.import_module(f"bench.{module}").run
 
 
 @contextlib.contextmanager
@@ -161,30 +168,37 @@ def _runners(suite: Suite, baselines) -> list[tuple[str, object]]:
     chosen = [s.value for s in Suite if s != Suite.all] if suite == Suite.all else [suite.value]
     runners = []
     for name in chosen:
-        if name == "route":
-            try:
-                route = _route_runner()
-            except Exception as err:  # noqa: BLE001  (someone else's module: report, keep the other suites)
-                console.print(f"[red]bench/bench_route.py failed to import: {err}[/]")
-                if suite == Suite.route:
-                    raise typer.Exit(1)
-                continue
-            if route is None:
-                console.print("[yellow]route: bench/bench_route.py is not there yet; skipped.[/]")
-                if suite == Suite.route:
-                    raise typer.Exit(1)
-                continue
-            runners.append((name, route))
-        else:
+        if name not in SUITE_MODULES:
             runners.append((name, {"baselines": baselines.run, "topk": baselines.run_topk}[name]))
+            continue
+        try:
+            runner = _suite_runner(name)
+        except Exception as err:  # noqa: BLE001  (report it, keep the other suites)
+            console.print(f"[red]bench/{SUITE_MODULES[name]}.py failed to import: {err}[/]")
+            if suite.value == name:
+                raise typer.Exit(1)
+            continue
+        if runner is None:
+            console.print(f"[yellow]{name}: bench/{SUITE_MODULES[name]}.py is not there yet; skipped.[/]")
+            if suite.value == name:
+                raise typer.Exit(1)
+            continue
+        runners.append((name, runner))
     return runners
 
 
 @app.command()
 def bench(suite: Suite = typer.Option(Suite.all, help="which suite to run"),
           out: Optional[Path] = typer.Option(None, help="output folder (default on a GPU: bench/results/<device>/)"),
-          quick: bool = typer.Option(False, help="fewer shapes and iterations")) -> None:
-    """Run benchmark suites; each writes <suite>.json, .md and .png."""
+          quick: bool = typer.Option(False, help="fewer shapes and iterations"),
+          compile: bool = typer.Option(True, "--compile/--no-compile",  # noqa: A002 (the flag's name)
+                                       help="torch_compile baseline rows (GPU only; autotuning costs time)"),
+          compile_mode: str = typer.Option("max-autotune-no-cudagraphs",
+                                           help="torch.compile mode of the torch_compile rows"),
+          compile_budget: float = typer.Option(60.0, min=0, help="seconds of compilation per op and suite; "
+                                               "shapes past it get an error row saying so")) -> None:
+    """Run benchmark suites; each writes <suite>.json, .md and .png. Speedups are stated against the best
+    baseline (eager, torch_graph, torch_compile, library kernels) measured in the same run."""
     import torch
 
     baselines, harness, report = _import_bench()
@@ -194,20 +208,22 @@ def bench(suite: Suite = typer.Option(Suite.all, help="which suite to run"),
         out = out or REPO_ROOT / "bench" / "results" / harness.device_slug(harness.device_name(device))
     else:
         console.print("[yellow]No GPU here: running the PyTorch reference path at tiny sizes on the CPU. "
-                      "These timings say nothing about kernel speed; results are written only with --out.[/]")
+                      "These timings say nothing about kernel speed; results are written only with --out; "
+                      "no torch_compile rows.[/]")
     suffix = "" if on_gpu else "_cpu"
     ceilings = None
     failed = []
     for name, run in _runners(suite, baselines):
         results = harness.Results(name + suffix, device=device, ceilings=ceilings)
+        compiler = harness.Compiler(compile_mode if compile and on_gpu else None, compile_budget)
         if ceilings is None:
             with console.status("measuring the ceilings (device copy, bf16 matmul)"):
                 ceilings = results.ceilings  # measured once, shared by every suite of this run
-            console.print(f"ceilings on {results.device}: copy {ceilings['copy_TBps']} TB/s, "
-                          f"bf16 matmul {ceilings['matmul_bf16_TFLOPs']} TFLOP/s")
+            console.print(f"ceilings on {results.device}: copy {ceilings['copy_TBps']:.4g} TB/s, "
+                          f"bf16 matmul {ceilings['matmul_bf16_TFLOPs']:.4g} TFLOP/s")
         try:
             with _progress_bar(results.suite) as progress:
-                run(results, quick=quick, progress=progress)
+                run(results, quick=quick, progress=progress, compiler=compiler)
         except Exception:  # noqa: BLE001  (keep the other suites and the rows measured so far)
             console.print(f"[red]suite {name} stopped:[/]\n{traceback.format_exc()}")
             failed.append(name)
