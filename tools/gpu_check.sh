@@ -3,9 +3,10 @@
 # the CPU + GPU test tiers (GPU tests may not skip: --require-gpu), the benchmark suites, the 8B
 # model run, then compute-sanitizer memcheck and racecheck over every op with a kernel.
 # Everything printed goes to $OUT/log.txt; results to $OUT/h200/ (the device tool returns at most
-# 8 files, so plots are left out: `python -m bench.report X.json` redraws them).
+# 8 files, so plots and tables are left out: `python -m bench.report X.json` redraws them).
 #   usage: tools/gpu_check.sh [build] [test] [bench:SUITE,...] [model] [sanitize]
 #   e.g.   ZAYA_COMMIT=<full sha> tools/gpu_check.sh build test bench:topk,route model sanitize
+#   BENCH_ARGS is passed to every bench suite, e.g. BENCH_ARGS="--no-compile" or "--compile-budget 120"
 # Name the commit: the results record it, and the GPU machine's copy of .git can be stale.
 set -uo pipefail
 OUT=${OUT:-/tmp/zaya_out}
@@ -34,9 +35,9 @@ for arg in "$@"; do
       IFS=, read -ra suites <<< "${arg#bench:}"
       for suite in "${suites[@]}"; do
         stage "bench $suite"
-        run python -m zaya_kernels.cli bench --suite "$suite" --out "$OUT/h200"
+        run python -m zaya_kernels.cli bench --suite "$suite" --out "$OUT/h200" ${BENCH_ARGS:-}
       done
-      rm -f "$OUT"/h200/*.png ;;
+      rm -f "$OUT"/h200/*.png "$OUT"/h200/*.md ;;  # JSON only (the file limit); bench.report redraws both
     model)
       stage model
       run python bench/model_h200.py --out "$OUT/h200/model_reference.json" ;;
