@@ -154,7 +154,8 @@ def graph_moe_align(ids: torch.Tensor, num_experts: int, block_m: int):
     capacity = num_pairs + num_experts * (block_m - 1)
     flat = ids.reshape(-1).long()                                                       # [P]
     key = torch.where((flat >= 0) & (flat < num_experts), flat, num_experts)            # [P], E = no expert
-    counts = torch.zeros(num_experts + 1, dtype=torch.long, device=ids.device).scatter_add_(0, key, torch.ones_like(key))
+    counts = torch.zeros(num_experts + 1, dtype=torch.long, device=ids.device)
+    counts = counts.scatter_add_(0, key, torch.ones_like(key))                          # [E+1] pairs per key
     padded = (counts[:num_experts] + block_m - 1) // block_m * block_m                  # [E]
     offsets = F.pad(torch.cumsum(padded, 0), (1, 0))                                    # [E+1] padded starts
     order = torch.argsort(key, stable=True)                                             # [P] pairs by expert
@@ -251,7 +252,8 @@ def run(results: Results, *, quick: bool = False, progress: ProgressFn | None = 
     gemm = bench_experts.grid_for(results.torch_device, quick)
     attention = bench_attention.grid_for(results.torch_device, quick)
     cases = [(f"route T={t}", lambda t=t: _route_case(results, grid, compiler, t)) for t in grid.route_tokens]
-    cases += [(f"grouped_gemm_fc1 T={t}", lambda t=t: bench_experts.fc1_case(results, gemm, compiler, t, with_zaya=False))
+    cases += [(f"grouped_gemm_fc1 T={t}",
+               lambda t=t: bench_experts.fc1_case(results, gemm, compiler, t, with_zaya=False))
               for t in grid.gemm_tokens]
     cases += [(f"attention_prefill B={b} S={s}",
                lambda b=b, s=s: bench_attention.prefill_case(results, attention, b, s, with_zaya=False))

@@ -139,9 +139,10 @@ def prefill_case(results: Results, grid: Grid, batch: int, seqlen: int, *, with_
         flops = attention_flops(batch, Q_HEADS, seqlen, seqlen, HEAD_DIM, causal=True)
         common = dict(flops=flops, bytes=nbytes, floor_us=floor_us(results.ceilings, flops=flops, bytes=nbytes))
         # (q [B, S, Hq, D], k [B, S, Hkv, D], v [B, S, Hkv, D]) bf16 per set
-        sources = [(_randn(gen, device, batch, seqlen, Q_HEADS, HEAD_DIM), _randn(gen, device, batch, seqlen, KV_HEADS,
-                                                                               HEAD_DIM),
-                    _randn(gen, device, batch, seqlen, KV_HEADS, HEAD_DIM)) for _ in range(rotation_count(device, nbytes))]
+        sources = [(_randn(gen, device, batch, seqlen, Q_HEADS, HEAD_DIM),
+                    _randn(gen, device, batch, seqlen, KV_HEADS, HEAD_DIM),
+                    _randn(gen, device, batch, seqlen, KV_HEADS, HEAD_DIM))
+                   for _ in range(rotation_count(device, nbytes))]
         if with_zaya:
             cu_seqlens = torch.arange(0, tokens + 1, seqlen, dtype=torch.int32, device=device)   # [B+1]
             seq_lens = torch.full((batch,), seqlen, dtype=torch.int32, device=device)            # [B]
@@ -150,7 +151,9 @@ def prefill_case(results: Results, grid: Grid, batch: int, seqlen: int, *, with_
                 for q, k, v in sources:
                     sets.append((q.reshape(tokens, Q_HEADS, HEAD_DIM), *paged(k, v, page_size, gen), cu_seqlens,
                                  seq_lens))
-                check = lambda: prefill_agrees(ops.attention_prefill(*sets[0]), *sets[0][:4], batch, seqlen)  # noqa: E731
+
+                def check() -> bool:
+                    return prefill_agrees(ops.attention_prefill(*sets[0]), *sets[0][:4], batch, seqlen)
                 record(results, op, impl, shape, ops.attention_prefill, rotate=sets, graph=True, check=check,
                        page_size=page_size, warmup=grid.warmup, iters=grid.iters, **common)
                 del sets
@@ -177,8 +180,10 @@ def decode_case(results: Results, grid: Grid, batch: int, keys: int, *, with_zay
         flops = attention_flops(batch, Q_HEADS, 1, keys, HEAD_DIM, causal=False)
         common = dict(flops=flops, bytes=kv_bytes, floor_us=floor_us(results.ceilings, flops=flops, bytes=kv_bytes))
         # (q [B, Hq, D], k [B, L, Hkv, D], v [B, L, Hkv, D]) bf16 per set
-        sources = [(_randn(gen, device, batch, Q_HEADS, HEAD_DIM), _randn(gen, device, batch, keys, KV_HEADS, HEAD_DIM),
-                    _randn(gen, device, batch, keys, KV_HEADS, HEAD_DIM)) for _ in range(rotation_count(device, kv_bytes))]
+        sources = [(_randn(gen, device, batch, Q_HEADS, HEAD_DIM),
+                    _randn(gen, device, batch, keys, KV_HEADS, HEAD_DIM),
+                    _randn(gen, device, batch, keys, KV_HEADS, HEAD_DIM))
+                   for _ in range(rotation_count(device, kv_bytes))]
         if with_zaya:
             seq_lens = torch.full((batch,), keys, dtype=torch.int32, device=device)   # [B]
             for impl, page_size in PAGE_SIZES:

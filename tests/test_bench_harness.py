@@ -357,7 +357,8 @@ def test_speedup_is_against_the_best_baseline_of_the_same_run():
         ("moe_mlp", "zaya", shape, 30.0, {}),
         ("cca_prep", "eager", shape, 900.0, {}), ("cca_prep", "torch_graph", shape, 60.0, {}),
         ("cca_prep", "zaya", shape, 3.0, {}),
-        ("new_op", "some_lib", shape, 8.0, {}), ("new_op", "dense_mm", shape, 1.0, {}), ("new_op", "zaya", shape, 4.0, {}),
+        ("new_op", "some_lib", shape, 8.0, {}), ("new_op", "dense_mm", shape, 1.0, {}),
+        ("new_op", "zaya", shape, 4.0, {}),
     ]).rows
     by = {(r["op"], r["impl"], r["shape"]["T"]): r for r in rows}
     assert report.speedup(rows, by[("route", "zaya", 16)]) == (2.5, "torch_compile")
@@ -595,7 +596,8 @@ def test_paged_cache_holds_each_sequence_in_its_pages():
     k = torch.randn(3, 40, 2, 8, generator=gen).bfloat16()
     v = torch.randn(3, 40, 2, 8, generator=gen).bfloat16()
     k_cache, v_cache, table = bench_attention.paged(k, v, 16, gen)
-    assert k_cache.shape == (9, 16, 2, 8) and table.shape == (3, 3) and sorted(table.flatten().tolist()) == list(range(9))
+    assert k_cache.shape == (9, 16, 2, 8) and table.shape == (3, 3)
+    assert sorted(table.flatten().tolist()) == list(range(9))
     for b in range(3):
         assert torch.equal(reference.gather_kv(k_cache, table[b], 40), k[b])
         assert torch.equal(reference.gather_kv(v_cache, table[b], 40), v[b])
