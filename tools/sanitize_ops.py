@@ -77,6 +77,19 @@ def main() -> int:
         for tokens, experts, k in ((1, 17, 1), (1000, 256, 8), (333, 64, 2)):
             logits = torch.randn(tokens, experts, device="cuda")
             ops.topk_gating(logits, torch.randn(experts, device="cuda"), k, True, experts - 1)
+    if zaya_kernels.has_device_kernel("attention_prefill"):  # TMA page boxes of 16/64/128 slots, the copy path
+        for page_size, causal in ((16, True), (64, False), (256, True), (4, True)):
+            q_lens, k_lens = [1, 70, 33], [300, 70, 200]  # chunked, partial blocks and tiles, queries over cache
+            pages = [-(-n // page_size) for n in k_lens]
+            cache = [torch.randn(sum(pages) + 1, page_size, 2, 128, device="cuda").bfloat16() for _ in range(2)]
+            order = torch.randperm(sum(pages) + 1, device="cuda").int()
+            table = torch.full((3, max(pages)), -1, dtype=torch.int32, device="cuda")
+            for b, start in enumerate([0, pages[0], pages[0] + pages[1]]):
+                table[b, :pages[b]] = order[start:start + pages[b]]
+            cu = torch.tensor([0, 1, 71, 104], dtype=torch.int32, device="cuda")
+            q = torch.randn(104, 8, 128, device="cuda").bfloat16()
+            ops.attention_prefill(q, *cache, table, cu, torch.tensor(k_lens, dtype=torch.int32, device="cuda"),
+                                  None, causal)
     torch.cuda.synchronize()
     print(f"sanitize_ops: ran {ran}")
     return 0 if ran else 1
