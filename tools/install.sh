@@ -43,7 +43,7 @@ export PATH=$PWD/.venv/bin:$PATH  # torch's builder runs `ninja` from PATH
 # 2. dependencies (pip's config caps torch<=2.14.1; that wheel comes from the local disk) ------------------
 T=$SECONDS
 "$PY" -m pip install -q --progress-bar off "setuptools>=64" wheel \
-  torch==2.14.1 ninja pytest pytest-benchmark numpy safetensors typer rich tqdm matplotlib \
+  torch==2.14.1 ninja pytest pytest-benchmark numpy safetensors typer rich tqdm matplotlib transformers==5.23.0 \
   "cuda-toolkit[nvcc,crt,cccl,cudart]==13.0.3.0" nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
 stage "pip dependencies, torch $("$PY" -c 'import torch; print(torch.__version__)')"
 
