@@ -90,6 +90,16 @@ def main() -> int:
             q = torch.randn(104, 8, 128, device="cuda").bfloat16()
             ops.attention_prefill(q, *cache, table, cu, torch.tensor(k_lens, dtype=torch.int32, device="cuda"),
                                   None, causal)
+    if zaya_kernels.has_device_kernel("cca_prep"):  # several tiles and CTAs per head, chunked, length-1 sequences
+        from tests.test_attention_gpu import PrepCase
+        for lengths, starts in (([1, 2, 0, 130, 63, 64, 1], [0, 5, 0, 7, 1, 0, 300]), ([1] * 70, list(range(70)))):
+            case = PrepCase(lengths, starts, page_size=16, seed=len(lengths))
+            case.run_kernel()
+    if zaya_kernels.has_device_kernel("attention_decode"):  # one split and many (the combine kernel), length 0
+        from tests.test_attention_gpu import DecodeCase
+        for lengths, page_size in (([0, 1, 33, 5000], 64), ([9, 31], 16), ([0], 16)):
+            case = DecodeCase(lengths, page_size=page_size, seed=len(lengths))
+            ops.attention_decode(*case.args())
     torch.cuda.synchronize()
     print(f"sanitize_ops: ran {ran}")
     return 0 if ran else 1

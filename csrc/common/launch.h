@@ -32,6 +32,9 @@ int64_t moe_mlp_workspace_bytes(const MoeMlpParams& params);            // param
 
 // ---- CCA attention launchers ----
 const char* launch_attention_prefill(const AttentionPrefillParams& params, StreamHandle stream);
+const char* launch_cca_prep(const CcaPrepParams& params, StreamHandle stream);
+// Split-KV decode: the split kernel, then (params.num_splits > 1) the combine kernel.
+const char* launch_attention_decode(const AttentionDecodeParams& params, StreamHandle stream);
 
 // ---- end CCA attention launchers ----
 

@@ -296,6 +296,69 @@ struct AttentionPrefillParams {
   int32_t causal;                  // 1: causal, 0: every query sees all of its sequence's keys
 };
 
+// cca_prep: the CCA pre-attention of a packed varlen batch (reference.cca_prep; ZAYA1_ARCHITECTURE.md §4.2-4.4),
+// specialised to head dim 128 and Hq = 4 * Hkv = 8 (proj [T, 1536]). One launch: q, the new K/V rows and
+// the conv / delayed-value states. Data-dependent preconditions (the caller's duty on a GPU): cu_seqlens
+// from 0, non-decreasing, ending at num_tokens; seq_start >= 0; the new positions inside the block-table
+// row with pages in [0, num_pages).
+struct CcaPrepParams {
+  const uint16_t* proj;            // [T, 1536] bf16 bits (q 1024 | k 256 | v1 128 | v2 128), last dim contiguous
+  int64_t proj_row_stride;         // elements, a multiple of 8
+  const int32_t* cu_seqlens;       // [B + 1] int32
+  const int32_t* seq_start;        // [B] int32: absolute position of each chunk's first token
+  float* conv_state;               // [B, 1280, 2] fp32, contiguous, in/out: raw (u_{t-2}, u_{t-1})
+  float* value_state;              // [B, 128] fp32, contiguous, in/out: v2 of the previous token
+  const void* conv1_w;             // [1280, 1, 2] fp32 | bf16, contiguous (tap 0 = older sample)
+  const void* conv1_b;             // [1280]
+  const void* conv2_w;             // [1280, 128, 2] fp32 | bf16, contiguous: head g's [128 out, 256 = (in, tap)]
+  const void* conv2_b;             // [1280]
+  const void* temp;                // [2]
+  DType conv1_w_dtype, conv1_b_dtype, conv2_w_dtype, conv2_b_dtype, temp_dtype;
+  PagedKvCache cache;              // written at positions seq_start[b] .. seq_start[b] + n_b - 1
+  uint16_t* q;                     // [T, 8, 128] bf16 bits, last dim contiguous
+  int64_t q_token_stride;          // elements, a multiple of 8
+  int64_t q_head_stride;           // elements, a multiple of 8
+  int32_t num_tokens;              // T
+  int32_t batch;                   // B
+  int32_t rotary_dim;              // even, 2..128: RoPE on dims [0, rotary_dim), pairs (d, d + rotary_dim / 2)
+  float inv_freq[64];              // rotary_dim / 2 fp32 inverse frequencies, computed as reference.rope_cos_sin
+};
+
+constexpr int kCcaHeadDim = 128;   // D
+constexpr int kCcaQHeads = 8;      // Hq
+constexpr int kCcaKvHeads = 2;     // Hkv
+constexpr int kCcaHeads = kCcaQHeads + kCcaKvHeads;  // conv groups: one CTA works on one of them
+constexpr int kCcaChannels = kCcaHeads * kCcaHeadDim;  // 1280 = C
+constexpr int kCcaValueWidth = kCcaKvHeads * kCcaHeadDim / 2;  // 128: v1 and v2 each
+constexpr int kCcaProjWidth = kCcaChannels + 2 * kCcaValueWidth;  // 1536
+
+// attention_decode: one query token per sequence over its seq_lens[b] cached keys (no mask); a sequence with
+// seq_lens 0 gets zeros. Split-KV: work unit (sequence b, KV head j, split s) reads keys
+// [s * split_keys, min((s + 1) * split_keys, seq_lens[b])) for all Hq / Hkv query heads of j; with
+// num_splits > 1 a combine kernel merges the splits' (max, sum, o) partials by log-sum-exp.
+// Data-dependent preconditions (the caller's duty on a GPU): 0 <= seq_lens[b] <= num_splits * split_keys
+// and <= max_pages * page_size; the pages of positions [0, seq_lens[b]) in [0, num_pages).
+struct AttentionDecodeParams {
+  const uint16_t* q;               // [B, Hq, D] bf16 bits, last dim contiguous
+  int64_t q_batch_stride;          // elements, a multiple of 8
+  int64_t q_head_stride;           // elements, a multiple of 8
+  PagedKvCache cache;
+  const int32_t* seq_lens;         // [B] int32
+  uint16_t* out;                   // [B, Hq, D] bf16 bits, last dim contiguous
+  int64_t out_batch_stride;        // elements, a multiple of 8
+  int64_t out_head_stride;         // elements, a multiple of 8
+  float* partial_o;                // [B, Hq, num_splits, D] fp32 workspace when num_splits > 1, else nullptr
+  float* partial_ml;               // [B, Hq, num_splits, 2] fp32: (max of log2 logits, sum of 2^(logit - max))
+  int32_t batch;                   // B
+  int32_t q_heads;                 // Hq = 4 * Hkv
+  int32_t num_splits;              // >= 1
+  int32_t split_keys;              // keys per split, a multiple of kDecodeKeyStep
+  float softmax_scale;             // finite, > 0
+};
+
+constexpr int kDecodeGroup = 4;    // query heads per KV head the decode kernel takes (ZAYA1: 8 / 2)
+constexpr int kDecodeKeyStep = 32;  // split_keys granularity: 8 lane groups x 4 keys (attention_decode.cuh)
+
 // ---- end CCA attention ----
 
 }  // namespace zk
