@@ -153,9 +153,9 @@ ZK_LAYOUT_FN int split_kblock_begin(int kblocks, int split, int s) {
 
 // ---- launch plan --------------------------------------------------------------------------------
 // Regimes (MI300X: 304 CUs; one workgroup per CU at 48 / 64 KB of LDS):
-//   prefill: bm = 128 when the bound gives every CU a tile at bm = 128: 128 x 128 tiles, 2 x 2 32x32
-//            accumulators per wave, 64 MFMAs per 64-wide K block per wave against 32 KB of LDS writes.
-//   small:   bm = 64 below that (half the token rows wasted less, twice the tiles).
+//   prefill: bm = 128 when full 128-row tiles alone give every CU one (T = 16384, N = 4096: 4096 tiles):
+//            2 x 2 32x32 accumulators per wave, 32 MFMAs per wave per 32 KB stage.
+//   small:   bm = 64 below that (fewer padded rows per tile, twice the tiles).
 //   decode:  when even bm = 64 tiles leave CUs idle, K is split over `split` workgroups per tile (a power
 //            of two, <= 16, each slice >= 2 K blocks, tiles x split <= CUs: one wave of workgroups), the
 //            last one to finish a tile sums the fp32 partials. T = 1 (ZAYA1, 16 experts): fc1 (2F = 4096,
@@ -176,7 +176,7 @@ ZK_LAYOUT_FN GemmPlan gemm_plan(int64_t rows, int segments, int features, bool s
   const int ntiles = (features + features_per_tile(swiglu) - 1) / features_per_tile(swiglu);
   const int kblocks = (k + kKBlock - 1) / kKBlock;
   int bm = bm_fixed;
-  if (bm == 0) bm = mtile_bound(rows, segments, 128) * ntiles >= cus ? 128 : 64;
+  if (bm == 0) bm = rows / 128 * ntiles >= cus ? 128 : 64;
   const int mtiles = static_cast<int>(mtile_bound(rows, segments, bm));
   int split = 1;
   while (split < kMaxSplit && int64_t{mtiles} * ntiles * split * 2 <= cus &&
