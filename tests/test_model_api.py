@@ -241,3 +241,14 @@ def test_readme_model_example_runs(tmp_path, monkeypatch):
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     exec(compile(code.replace("/tmp/zaya_tiny", str(tmp_path / "zaya_tiny")), "README.md", "exec"), {})
+
+
+def test_demo_runs_an_fp32_checkpoint_on_both_backends(tmp_path):
+    """The demo compares the backends on the same weights: it loads a checkpoint in bf16 (the kernels' dtype)."""
+    from zaya_kernels.demo import run_demo
+
+    save_native(random_model(tiny().replace(num_blocks=1), seed=58, dtype=torch.float32), tmp_path)
+    report = run_demo(checkpoint=str(tmp_path), device="cpu", max_new_tokens=2)
+    assert report["backends"]["reference"]["error"] is None
+    if zaya_kernels.extension_loaded():
+        assert report["agreement"]["identical_tokens"]

@@ -55,7 +55,8 @@ def run_demo(checkpoint: str | None = None, device: str = "auto", max_new_tokens
     if checkpoint is None:
         model, source = random_model(tiny(), seed=0, device=dev), "tiny config, random weights"
     else:
-        model, source = load_model(checkpoint, device=dev), f"checkpoint {checkpoint}"
+        # bf16: the kernels take no other dtype, and both backends must run the same weights.
+        model, source = load_model(checkpoint, device=dev, dtype=torch.bfloat16), f"checkpoint {checkpoint}"
     config = model.config
     gen = torch.Generator().manual_seed(0)
     prompts = [[config.bos_token_id] + torch.randint(3, config.vocab_size, (n - 1,), generator=gen).tolist()
