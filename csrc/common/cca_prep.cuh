@@ -58,6 +58,20 @@ struct Smem {
   static constexpr int64_t kBytes = kWBytes + kABytes + kRowBytes;
 };
 
+// The kernel's shared memory: a static array where the backend allows one this large (gfx942: so that the
+// LDS size is in the code object's metadata, which tools/compile_hip.sh checks), else the dynamic segment
+// (sm_90a: ~103 KB, above the 48 KB static limit).
+template <class Arch>
+ZK_DEVICE unsigned char* kernel_smem() {
+  if constexpr (Arch::kStaticSmem) {
+    __shared__ __align__(16) unsigned char buffer[Smem<Arch>::kBytes];
+    return buffer;
+  } else {
+    extern __shared__ __align__(16) unsigned char dynamic_buffer[];
+    return dynamic_buffer;
+  }
+}
+
 ZK_DEVICE float load_param(const void* base, DType dtype, int64_t i) {
   return dtype == DType::kFloat32 ? static_cast<const float*>(base)[i]
                                   : bf16_to_float(static_cast<const bf16_bits*>(base)[i]);
@@ -98,6 +112,19 @@ ZK_DEVICE void load_state8(const CcaPrepParams& p, int b, int c, float (&older)[
   }
 }
 
+// sin and cos of an fp32 angle (reference.rope_cos_sin's fp32 product position * inv_freq, up to ~1e6 rad):
+// reduced to [-pi, pi] in fp64 (exact enough: |k| < 2^20 turns, error ~1e-10), then the fast single-precision
+// instructions (abs error ~2^-21 on [-pi, pi]; q and k are rounded to bf16, 2^-9 relative, right after).
+// The library sincosf would do the same reduction in fp32 with a Payne-Hanek slow path whose tables cost
+// ~10 scalar registers that the gfx942 build cannot spare.
+ZK_DEVICE void rope_sin_cos(float angle, float& s, float& c) {
+  constexpr double kTwoPi = 6.283185307179586;
+  const double a = static_cast<double>(angle);
+  const float r = static_cast<float>(a - rint(a * (1.0 / kTwoPi)) * kTwoPi);
+  s = __sinf(r);
+  c = __cosf(r);
+}
+
 // Sum over the 16 lanes of a row group (xor partners stay in the group for warp 32 and wave 64).
 ZK_DEVICE float row_sum(float v) {
   v += shfl_xor(v, 8);
@@ -108,7 +135,7 @@ ZK_DEVICE float row_sum(float v) {
 }
 
 // Stage W's columns [k0, k0 + kChunkK) of head g (bf16; fp32 weights are rounded here) into w_s.
-template <class Arch>
+template <class Arch, bool kFp32Weights>
 ZK_DEVICE void load_w_chunk(const CcaPrepParams& p, int g, int k0, uint16_t* w_s, int tid) {
   constexpr int kVecPerRow = Arch::kChunkK / 8;
   constexpr int kWStride = Smem<Arch>::kWStride;
@@ -117,7 +144,7 @@ ZK_DEVICE void load_w_chunk(const CcaPrepParams& p, int g, int k0, uint16_t* w_s
     const int k = k0 + (v % kVecPerRow) * 8;
     const int64_t src = (static_cast<int64_t>(g) * kD + n) * kK + k;
     uint4 bits;
-    if (p.conv2_w_dtype == DType::kBFloat16) {
+    if (!kFp32Weights) {
       bits = *reinterpret_cast<const uint4*>(static_cast<const bf16_bits*>(p.conv2_w) + src);
     } else {
       const float4* f = reinterpret_cast<const float4*>(static_cast<const float*>(p.conv2_w) + src);
@@ -128,12 +155,14 @@ ZK_DEVICE void load_w_chunk(const CcaPrepParams& p, int g, int k0, uint16_t* w_s
   }
 }
 
-template <class Arch>
+// kFp32Weights: conv2_w is fp32 (rounded to bf16 as it is staged), else bf16 (a template parameter rather than
+// a branch: the branch cost the gfx942 build 12 scalar registers).
+template <class Arch, bool kFp32Weights>
 __global__ void __launch_bounds__(Arch::kThreads) cca_prep_kernel(const CcaPrepParams p) {
   constexpr int kRows = Arch::kTileRows;
   constexpr int kRowsPerPass = Arch::kThreads / kRowLanes;
   constexpr int kWStride = Smem<Arch>::kWStride;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem_raw = kernel_smem<Arch>();
   uint16_t* w_s = reinterpret_cast<uint16_t*>(smem_raw);
   uint16_t* a_s = reinterpret_cast<uint16_t*>(smem_raw + Smem<Arch>::kWBytes);
   float* z_s = reinterpret_cast<float*>(a_s);  // after the MMA
@@ -162,7 +191,7 @@ __global__ void __launch_bounds__(Arch::kThreads) cca_prep_kernel(const CcaPrepP
   }
   const float norm_scale = sqrtf(static_cast<float>(kD)) * (key_head ? load_param(p.temp, p.temp_dtype, kv_head)
                                                                       : 1.0f);
-  if (Arch::kChunkK == kK) load_w_chunk<Arch>(p, head, 0, w_s, tid);
+  if (Arch::kChunkK == kK) load_w_chunk<Arch, kFp32Weights>(p, head, 0, w_s, tid);
 
   wait_for_prerequisite_grids();  // proj, the states and the cache may come from the kernels just before
   const int tiles = num_tiles(p.num_tokens, kRows);
@@ -242,7 +271,7 @@ __global__ void __launch_bounds__(Arch::kThreads) cca_prep_kernel(const CcaPrepP
 #pragma unroll
     for (int k0 = 0; k0 < kK; k0 += Arch::kChunkK) {
       if (Arch::kChunkK != kK) {
-        load_w_chunk<Arch>(p, head, k0, w_s, tid);
+        load_w_chunk<Arch, kFp32Weights>(p, head, k0, w_s, tid);
         __syncthreads();
       }
       acc.mma_chunk(a_s, kAStride, k0, w_s, kWStride, rows_used, warp, lane);
@@ -346,9 +375,8 @@ __global__ void __launch_bounds__(Arch::kThreads) cca_prep_kernel(const CcaPrepP
         const float x = zr[d];
         if (d < p.rotary_dim) {
           const int f = d < half ? d : d - half;
-          const float angle = static_cast<float>(info.position) * p.inv_freq[f];
           float s, c;
-          sincosf(angle, &s, &c);
+          rope_sin_cos(static_cast<float>(info.position) * p.inv_freq[f], s, c);
           out[e] = d < half ? x * c - zr[d + half] * s : x * c + zr[d - half] * s;
         } else {
           out[e] = x;
@@ -380,8 +408,12 @@ inline int grid_size(int num_tokens, int num_sms) {
 template <class Arch>
 inline const char* cca_prep_launch(const CcaPrepParams& p, stream_t stream, int num_sms) {
   if (p.num_tokens == 0 || p.batch == 0) return nullptr;
-  return launch_dependent(cca::cca_prep_kernel<Arch>, dim3(cca::grid_size<Arch>(p.num_tokens, num_sms)),
-                          dim3(Arch::kThreads), static_cast<size_t>(cca::Smem<Arch>::kBytes), stream, p);
+  const dim3 grid(cca::grid_size<Arch>(p.num_tokens, num_sms));
+  const size_t smem = Arch::kStaticSmem ? 0 : static_cast<size_t>(cca::Smem<Arch>::kBytes);
+  if (p.conv2_w_dtype == DType::kFloat32) {
+    return launch_dependent(cca::cca_prep_kernel<Arch, true>, grid, dim3(Arch::kThreads), smem, stream, p);
+  }
+  return launch_dependent(cca::cca_prep_kernel<Arch, false>, grid, dim3(Arch::kThreads), smem, stream, p);
 }
 
 }  // namespace zk

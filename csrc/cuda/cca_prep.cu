@@ -13,9 +13,11 @@ const char* launch_cca_prep(const CcaPrepParams& params, StreamHandle stream) {
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
   // Above 48 KB a kernel's dynamic shared memory must be allowed explicitly (per device, so every call).
-  if (err == cudaSuccess) {
-    err = cudaFuncSetAttribute(cca::cca_prep_kernel<Arch>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(cca::Smem<Arch>::kBytes));
+  for (auto kernel : {cca::cca_prep_kernel<Arch, false>, cca::cca_prep_kernel<Arch, true>}) {
+    if (err == cudaSuccess) {
+      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(cca::Smem<Arch>::kBytes));
+    }
   }
   if (err != cudaSuccess) return cudaGetErrorString(err);
   return cca_prep_launch<Arch>(params, static_cast<stream_t>(stream), num_sms);

@@ -24,6 +24,7 @@ struct ArchConfig {
   static constexpr int kTileRows = 64;
   static constexpr int kChunkK = 256;     // W's K columns in shared memory at a time: all of them
   static constexpr int kCtasPerSm = 2;    // ~103 KB of shared memory each (cca_prep.cuh smem_bytes)
+  static constexpr bool kStaticSmem = false;  // dynamic shared memory (opted in above 48 KB)
 };
 
 struct Conv2Accumulator {

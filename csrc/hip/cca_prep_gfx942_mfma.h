@@ -21,6 +21,7 @@ struct ArchConfig {
   static constexpr int kTileRows = 32;
   static constexpr int kChunkK = 128;     // W's K columns in LDS at a time (two chunks per tile)
   static constexpr int kCtasPerSm = 1;    // ~52 KB of 64 KB LDS
+  static constexpr bool kStaticSmem = true;  // a static LDS array: its size shows in the metadata
 };
 
 using bf16x4 = short __attribute__((ext_vector_type(4)));
