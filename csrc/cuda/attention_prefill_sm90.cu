@@ -5,6 +5,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 #include "../common/launch.h"
@@ -62,7 +64,8 @@ bool encode_maps(sm90::PrefillTensorMaps* maps, const AttentionPrefillParams& p)
          encode_bf16(&maps->v, c.v, 4, kv_dims, kv_strides, kv_box);
 }
 
-// Per device, once: the SM count, and the kernel's dynamic shared memory limit raised.
+// Per device and kernel, once: the SM count, and the kernel's dynamic shared memory limit raised.
+template <bool kOverlap>
 cudaError_t prepare_device(int* sms) {
   constexpr int kMaxDevices = 64;
   static int sm_count[kMaxDevices] = {};
@@ -75,11 +78,24 @@ cudaError_t prepare_device(int* sms) {
     *sms = sm_count[device];
     return cudaSuccess;
   }
-  err = cudaFuncSetAttribute(sm90::attention_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  err = cudaFuncSetAttribute(sm90::attention_prefill_kernel<kOverlap>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              sm90::kPrefillSmemBytes);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
   if (err == cudaSuccess && device < kMaxDevices) sm_count[device] = *sms;
   return err;
+}
+
+template <bool kOverlap>
+const char* launch_schedule(const sm90::PrefillTensorMaps& maps, const AttentionPrefillParams& params,
+                            cudaStream_t stream) {
+  int sms = 0;
+  const cudaError_t err = prepare_device<kOverlap>(&sms);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  // One CTA per SM (160 KB of shared memory each), never more CTAs than tiles.
+  const int64_t tiles = sm90::prefill_tile_bound(params.num_tokens, params.batch, params.cache.kv_heads);
+  const int grid = static_cast<int>(std::min<int64_t>(tiles, sms));
+  return launch_dependent(sm90::attention_prefill_kernel<kOverlap>, dim3(grid), dim3(sm90::kPrefillThreads),
+                          sm90::kPrefillSmemBytes, stream, maps, params);
 }
 
 }  // namespace
@@ -91,14 +107,13 @@ const char* launch_attention_prefill(const AttentionPrefillParams& params, Strea
   }
   sm90::PrefillTensorMaps maps;
   if (!encode_maps(&maps, params)) return "cuTensorMapEncodeTiled failed (attention_prefill tensor maps)";
-  int sms = 0;
-  const cudaError_t err = prepare_device(&sms);
-  if (err != cudaSuccess) return cudaGetErrorString(err);
-  // One CTA per SM (160 KB of shared memory each), never more CTAs than tiles.
-  const int64_t tiles = sm90::prefill_tile_bound(params.num_tokens, params.batch, params.cache.kv_heads);
-  const int grid = static_cast<int>(std::min<int64_t>(tiles, sms));
-  return launch_dependent(sm90::attention_prefill_kernel, dim3(grid), dim3(sm90::kPrefillThreads),
-                          sm90::kPrefillSmemBytes, static_cast<cudaStream_t>(stream), maps, params);
+  // ZAYA_PREFILL_SCHEDULE=overlap: the intra-warpgroup overlap (PV of one block under the softmax of the
+  // next), until it has passed the GPU tests; else version 1 (softmax and GEMMs back to back).
+  const char* schedule = std::getenv("ZAYA_PREFILL_SCHEDULE");
+  if (schedule != nullptr && std::strcmp(schedule, "overlap") == 0) {
+    return launch_schedule<true>(maps, params, static_cast<cudaStream_t>(stream));
+  }
+  return launch_schedule<false>(maps, params, static_cast<cudaStream_t>(stream));
 }
 
 }  // namespace zk

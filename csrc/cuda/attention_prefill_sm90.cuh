@@ -215,6 +215,116 @@ ZK_DEVICE float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+// The online-softmax state of this thread's two rows (a and b = a + 8 of the wgmma D layout).
+struct PrefillRows {
+  int32_t limit_a, limit_b;  // highest key each row may see
+  float max_a = -INFINITY, max_b = -INFINITY;  // running maxima of the scaled logits (log2 units)
+  float sum_a = 0.f, sum_b = 0.f;              // this thread's share of the running row sums
+};
+
+// S = Q K^T for one block: 8 k16 steps over D (4 per 128-byte half); issued, not committed.
+ZK_DEVICE void prefill_issue_scores(float (&sc)[64], uint32_t q_base, const PrefillSmem::Stage& stage) {
+#pragma unroll
+  for (int step = 0; step < 8; ++step) {
+    const uint32_t k_off = (step % 4) * 32;
+    wgmma_m64n128k16_ss(sc, wgmma_desc_sw128(q_base + (step / 4) * kPrefillQHalfBytes + k_off),
+                        wgmma_desc_sw128(smem_addr(stage.k[step / 4]) + k_off), step > 0);
+  }
+}
+
+// O += P V for one block: 8 k16 steps over its keys; V N-major, its D-halves 16 KB apart; issued only.
+ZK_DEVICE void prefill_issue_pv(float (&o)[64], const uint32_t (&pf)[8][4], const PrefillSmem::Stage& stage) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+    wgmma_m64n128k16_rs_n_major(o, pf[kk], wgmma_desc_sw128_n_major(smem_addr(stage.v[0]) + kk * 2048,
+                                                                     kPrefillHalfBytes));
+  }
+}
+
+// Masks and exponentiates one block of logits in place (sc becomes P in fp32), updates the row maxima
+// and sums, and returns the factors by which O (accumulated under the old maxima) must be rescaled.
+// softmax_scale > 0 (the op's contract), so max(scale * s) = scale * max(s): the scale folds into one
+// FFMA per logit, exp2(s * scale_log2 - max).
+ZK_DEVICE float2 prefill_softmax_block(float (&sc)[64], int32_t key0, float scale_log2, int quad, PrefillRows& r) {
+  const bool masked = key0 + kPrefillBlockKeys - 1 > min(r.limit_a, r.limit_b);
+  float raw_max_a = -INFINITY, raw_max_b = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if (masked) {
+        const int32_t key = key0 + 8 * i + 2 * quad + e;
+        sc[4 * i + e] = key <= r.limit_a ? sc[4 * i + e] : -INFINITY;
+        sc[4 * i + 2 + e] = key <= r.limit_b ? sc[4 * i + 2 + e] : -INFINITY;
+      }
+      raw_max_a = fmaxf(raw_max_a, sc[4 * i + e]);
+      raw_max_b = fmaxf(raw_max_b, sc[4 * i + 2 + e]);
+    }
+  }
+  const float new_max_a = fmaxf(r.max_a, quad_max(raw_max_a) * scale_log2);
+  const float new_max_b = fmaxf(r.max_b, quad_max(raw_max_b) * scale_log2);
+  // A row with no visible key yet keeps max -inf: subtract 0 instead, so exp2(-inf - 0) = 0, not NaN.
+  const float base_a = new_max_a == -INFINITY ? 0.f : new_max_a;
+  const float base_b = new_max_b == -INFINITY ? 0.f : new_max_b;
+  const float2 rescale = make_float2(exp2_approx(r.max_a - base_a), exp2_approx(r.max_b - base_b));
+  r.max_a = new_max_a;
+  r.max_b = new_max_b;
+  float block_sum_a = 0.f, block_sum_b = 0.f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      sc[4 * i + e] = exp2_approx(fmaf(sc[4 * i + e], scale_log2, -base_a));
+      sc[4 * i + 2 + e] = exp2_approx(fmaf(sc[4 * i + 2 + e], scale_log2, -base_b));
+      block_sum_a += sc[4 * i + e];
+      block_sum_b += sc[4 * i + 2 + e];
+    }
+  }
+  r.sum_a = r.sum_a * rescale.x + block_sum_a;
+  r.sum_b = r.sum_b * rescale.y + block_sum_b;
+  return rescale;
+}
+
+ZK_DEVICE void prefill_rescale(float (&o)[64], float2 rescale) {
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    o[4 * i + 0] *= rescale.x;
+    o[4 * i + 1] *= rescale.x;
+    o[4 * i + 2] *= rescale.y;
+    o[4 * i + 3] *= rescale.y;
+  }
+}
+
+// P as bf16 A fragments: k-block kk = keys 16kk..16kk+15 (zaya_router_sm90_mma.cuh layout note).
+ZK_DEVICE void prefill_pack_p(uint32_t (&pf)[8][4], const float (&sc)[64]) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+#pragma unroll
+    for (int w = 0; w < 4; ++w) pf[kk][w] = pack_bf16x2_rn(sc[8 * kk + 2 * w], sc[8 * kk + 2 * w + 1]);
+  }
+}
+
+ZK_DEVICE void fence_fragments(uint32_t (&pf)[8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+    for (int w = 0; w < 4; ++w) asm volatile("" : "+r"(pf[kk][w])::"memory");
+}
+
+// Waits for a K/V stage; keys past the sequence have p = 0, but 0 * (NaN or inf left in V) is NaN, so a
+// block that reaches past seq_len_k gets those V rows zeroed (by both consumer warpgroups together).
+ZK_DEVICE PrefillSmem::Stage& prefill_wait_block(PrefillSmem& s, const PrefillRing& ring, int32_t key0,
+                                                 int32_t seq_len_k) {
+  PrefillSmem::Stage& stage = s.stages[ring.stage];
+  mbar_wait(smem_addr(&s.full[ring.stage]), ring.phase);
+  if (key0 + kPrefillBlockKeys > seq_len_k) prefill_zero_v_tail(stage, seq_len_k - key0, threadIdx.x - 128);
+  return stage;
+}
+
+// kOverlap = false: per block S, softmax, PV back to back (version 1). kOverlap = true: FlashAttention-3's
+// intra-warpgroup overlap: the PV of block j+1 (the previous one) runs on the tensor cores while the
+// softmax of block j runs on the FMA / MUFU units; the stage of block j+1 is released only then.
+template <bool kOverlap>
 ZK_DEVICE void prefill_consumer(const AttentionPrefillParams& p, PrefillSmem& s) {
   const int consumer = threadIdx.x / 128 - 1;  // which 64-row half of the tile
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
@@ -232,112 +342,84 @@ ZK_DEVICE void prefill_consumer(const AttentionPrefillParams& p, PrefillSmem& s)
   uint32_t q_phase = 0;
   PrefillTile tile;
   for (int turn = 0; prefill_next_tile(p, turn, cursor, lane, tile); ++turn) {
-    // Highest key each row may see (-1: none); rows past the sequence see keys as if it went on.
+    // Rows past the sequence see keys as if it went on; they are not stored.
+    PrefillRows rows;
     const int32_t last_key = tile.seq_len_k - 1;
-    const int32_t limit_a = p.causal ? min(tile.pos0 + token_a, last_key) : last_key;
-    const int32_t limit_b = p.causal ? min(tile.pos0 + token_b, last_key) : last_key;
-    float o[64];
+    rows.limit_a = p.causal ? min(tile.pos0 + token_a, last_key) : last_key;
+    rows.limit_b = p.causal ? min(tile.pos0 + token_b, last_key) : last_key;
+    float o[64], sc[64];
+    uint32_t pf[8][4];
     zero_accumulators(o);
-    float max_a = -INFINITY, max_b = -INFINITY, sum_a = 0.f, sum_b = 0.f;
+    zero_accumulators(sc);
     mbar_wait(smem_addr(&s.q_full), q_phase);
     q_phase ^= 1u;
     if (tile.blocks == 0) prefill_release(&s.q_empty, lane);
-    for (int block = tile.blocks - 1; block >= 0; --block) {
-      const int32_t key0 = block * kPrefillBlockKeys;
-      PrefillSmem::Stage& stage = s.stages[ring.stage];
-      mbar_wait(smem_addr(&s.full[ring.stage]), ring.phase);
-
-      // ---- S = Q K^T: 8 k16 steps over D (4 per 128-byte half)
-      float sc[64];
-      zero_accumulators(sc);
-      wgmma_fence();
-#pragma unroll
-      for (int step = 0; step < 8; ++step) {
-        const uint32_t k_off = (step % 4) * 32;
-        wgmma_m64n128k16_ss(sc, wgmma_desc_sw128(q_base + (step / 4) * kPrefillQHalfBytes + k_off),
-                            wgmma_desc_sw128(smem_addr(stage.k[step / 4]) + k_off), step > 0);
+    if constexpr (!kOverlap) {
+      for (int block = tile.blocks - 1; block >= 0; --block) {
+        const int32_t key0 = block * kPrefillBlockKeys;
+        PrefillSmem::Stage& stage = prefill_wait_block(s, ring, key0, tile.seq_len_k);
+        wgmma_fence();
+        prefill_issue_scores(sc, q_base, stage);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_registers(sc);
+        if (block == 0) prefill_release(&s.q_empty, lane);
+        prefill_rescale(o, prefill_softmax_block(sc, key0, scale_log2, quad, rows));
+        prefill_pack_p(pf, sc);
+        wgmma_fence();
+        prefill_issue_pv(o, pf, stage);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_registers(o);
+        prefill_release(&s.empty[ring.stage], lane);
+        ring.advance();
       }
+    } else if (tile.blocks > 0) {
+      // The first (highest) block: its scores alone.
+      int32_t block = tile.blocks - 1;
+      PrefillSmem::Stage* previous = &prefill_wait_block(s, ring, block * kPrefillBlockKeys, tile.seq_len_k);
+      int previous_stage = ring.stage;
+      wgmma_fence();
+      prefill_issue_scores(sc, q_base, *previous);
       wgmma_commit();
       wgmma_wait<0>();
       fence_registers(sc);
       if (block == 0) prefill_release(&s.q_empty, lane);
-
-      // ---- mask, scale to log2 units, row maxima (a row = the quad's 4 threads x 32 columns)
-      const bool masked = key0 + kPrefillBlockKeys - 1 > min(limit_a, limit_b);
-      float block_max_a = -INFINITY, block_max_b = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < 16; ++i) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int32_t key = key0 + 8 * i + 2 * quad + e;
-          float va = sc[4 * i + e] * scale_log2, vb = sc[4 * i + 2 + e] * scale_log2;
-          if (masked) {
-            va = key <= limit_a ? va : -INFINITY;
-            vb = key <= limit_b ? vb : -INFINITY;
-          }
-          sc[4 * i + e] = va;
-          sc[4 * i + 2 + e] = vb;
-          block_max_a = fmaxf(block_max_a, va);
-          block_max_b = fmaxf(block_max_b, vb);
-        }
+      prefill_softmax_block(sc, block * kPrefillBlockKeys, scale_log2, quad, rows);  // O is 0: no rescale
+      prefill_pack_p(pf, sc);
+      ring.advance();
+      for (--block; block >= 0; --block) {
+        const int32_t key0 = block * kPrefillBlockKeys;
+        PrefillSmem::Stage& stage = prefill_wait_block(s, ring, key0, tile.seq_len_k);
+        wgmma_fence();
+        prefill_issue_scores(sc, q_base, stage);  // S of this block ...
+        wgmma_commit();
+        prefill_issue_pv(o, pf, *previous);       // ... while P V of the previous one accumulates
+        wgmma_commit();
+        wgmma_wait<1>();
+        fence_registers(sc);
+        if (block == 0) prefill_release(&s.q_empty, lane);
+        const float2 rescale = prefill_softmax_block(sc, key0, scale_log2, quad, rows);
+        wgmma_wait<0>();
+        fence_registers(o);
+        fence_fragments(pf);
+        prefill_release(&s.empty[previous_stage], lane);
+        prefill_rescale(o, rescale);
+        prefill_pack_p(pf, sc);
+        previous = &stage;
+        previous_stage = ring.stage;
+        ring.advance();
       }
-      const float new_max_a = fmaxf(max_a, quad_max(block_max_a));
-      const float new_max_b = fmaxf(max_b, quad_max(block_max_b));
-      // A row with no visible key yet keeps max -inf: subtract 0 instead, so exp2(-inf - 0) = 0, not NaN.
-      const float base_a = new_max_a == -INFINITY ? 0.f : new_max_a;
-      const float base_b = new_max_b == -INFINITY ? 0.f : new_max_b;
-      const float rescale_a = exp2_approx(max_a - base_a), rescale_b = exp2_approx(max_b - base_b);
-      max_a = new_max_a;
-      max_b = new_max_b;
-
-      // ---- P = exp2(S - max) in fp32, row sums per thread (reduced over the quad at the end), O *= rescale
-      float block_sum_a = 0.f, block_sum_b = 0.f;
-#pragma unroll
-      for (int i = 0; i < 16; ++i) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          sc[4 * i + e] = exp2_approx(sc[4 * i + e] - base_a);
-          sc[4 * i + 2 + e] = exp2_approx(sc[4 * i + 2 + e] - base_b);
-          block_sum_a += sc[4 * i + e];
-          block_sum_b += sc[4 * i + 2 + e];
-          o[4 * i + e] *= rescale_a;
-          o[4 * i + 2 + e] *= rescale_b;
-        }
-      }
-      sum_a = sum_a * rescale_a + block_sum_a;
-      sum_b = sum_b * rescale_b + block_sum_b;
-
-      // ---- P as bf16 A fragments: k-block kk = keys 16kk..16kk+15 (zaya_router_sm90_mma.cuh layout note)
-      uint32_t pf[8][4];
-#pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
-        pf[kk][0] = pack_bf16x2_rn(sc[8 * kk + 0], sc[8 * kk + 1]);
-        pf[kk][1] = pack_bf16x2_rn(sc[8 * kk + 2], sc[8 * kk + 3]);
-        pf[kk][2] = pack_bf16x2_rn(sc[8 * kk + 4], sc[8 * kk + 5]);
-        pf[kk][3] = pack_bf16x2_rn(sc[8 * kk + 6], sc[8 * kk + 7]);
-      }
-
-      // Keys past the sequence have p = 0, but 0 * (NaN or inf left in V) is NaN: zero those V rows.
-      if (key0 + kPrefillBlockKeys > tile.seq_len_k) {
-        prefill_zero_v_tail(stage, tile.seq_len_k - key0, threadIdx.x - 128);
-      }
-
-      // ---- O += P V: 8 k16 steps over the block's keys; V N-major, its D-halves 16 KB apart
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
-        wgmma_m64n128k16_rs_n_major(o, pf[kk],
-                                    wgmma_desc_sw128_n_major(smem_addr(stage.v[0]) + kk * 2048, kPrefillHalfBytes));
-      }
+      prefill_issue_pv(o, pf, *previous);
       wgmma_commit();
       wgmma_wait<0>();
       fence_registers(o);
-      prefill_release(&s.empty[ring.stage], lane);
-      ring.advance();
+      prefill_release(&s.empty[previous_stage], lane);
     }
 
     // ---- epilogue: O / row sum, bf16, straight to global (rows past the sequence are not stored)
-    const float total_a = quad_sum(sum_a), total_b = quad_sum(sum_b);
+    const float total_a = quad_sum(rows.sum_a), total_b = quad_sum(rows.sum_b);
     // A row that saw no key (only for n_b > seq_len_k, a caller error) is written as zeros.
     const float inv_a = total_a > 0.f ? 1.f / total_a : 0.f;
     const float inv_b = total_b > 0.f ? 1.f / total_b : 0.f;
@@ -357,6 +439,7 @@ ZK_DEVICE void prefill_consumer(const AttentionPrefillParams& p, PrefillSmem& s)
   }
 }
 
+template <bool kOverlap>
 __global__ void __launch_bounds__(kPrefillThreads, 1)
     attention_prefill_kernel(const __grid_constant__ PrefillTensorMaps maps, const AttentionPrefillParams p) {
   extern __shared__ uint8_t smem_raw[];
@@ -380,7 +463,7 @@ __global__ void __launch_bounds__(kPrefillThreads, 1)
     if (threadIdx.x < 32) prefill_producer(maps, p, s, threadIdx.x);
   } else {
     prefill_setmaxnreg_inc<kPrefillConsumerRegisters>();
-    prefill_consumer(p, s);
+    prefill_consumer<kOverlap>(p, s);
   }
 }
 
