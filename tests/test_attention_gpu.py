@@ -293,6 +293,7 @@ def test_cca_prep_cuda_graph_decode():
     case = PrepCase([1, 1, 1], [3, 50, 700], seed=21)
     cs, vs, kc, vc = case.conv_state.clone(), case.value_state.clone(), case.k_cache.clone(), case.v_cache.clone()
     q = torch.empty(3, HQ, D, dtype=torch.bfloat16, device="cuda")
+    ops.cca_prep(*case.args(cs.clone(), vs.clone(), kc.clone(), vc.clone()), out=q)  # warm-up outside the capture
     graph = torch.cuda.CUDAGraph()
     torch.cuda.synchronize()
     with torch.cuda.graph(graph):
