@@ -91,7 +91,7 @@ const char* launch_schedule(const sm90::PrefillTensorMaps& maps, const Attention
   int sms = 0;
   const cudaError_t err = prepare_device<kOverlap>(&sms);
   if (err != cudaSuccess) return cudaGetErrorString(err);
-  // One CTA per SM (160 KB of shared memory each), never more CTAs than tiles.
+  // One CTA per SM (225 KB of shared memory each), never more CTAs than tiles.
   const int64_t tiles = sm90::prefill_tile_bound(params.num_tokens, params.batch, params.cache.kv_heads);
   const int grid = static_cast<int>(std::min<int64_t>(tiles, sms));
   return launch_dependent(sm90::attention_prefill_kernel<kOverlap>, dim3(grid), dim3(sm90::kPrefillThreads),

@@ -35,7 +35,10 @@ namespace zk {
 namespace sm90 {
 
 constexpr int kPrefillThreads = 128 * (1 + kPrefillConsumers);
-constexpr int kPrefillStages = 2;  // 2 x 64 KB of K/V + 32 KB of Q = 160 KB of the 227 KB
+// 3 x 64 KB of K/V + 32 KB of Q = 224 KB of the 227 KB. Three, because under the overlap schedule a
+// warpgroup holds two stages at once (the previous block's V under its PV, the current block's K), and
+// the third lets the next block's ~1 us TMA latency hide under this block's ~2 us of math.
+constexpr int kPrefillStages = 3;
 constexpr int kPrefillHalfBytes = kPrefillBlockKeys * 128;          // [128 keys x 64 of D] bf16
 constexpr int kPrefillQHalfBytes = kPrefillRows * 128;              // [128 rows x 64 of D] bf16
 constexpr int kPrefillQBytes = 2 * kPrefillQHalfBytes;
