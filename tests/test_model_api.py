@@ -252,3 +252,23 @@ def test_demo_runs_an_fp32_checkpoint_on_both_backends(tmp_path):
     assert report["backends"]["reference"]["error"] is None
     if zaya_kernels.extension_loaded():
         assert report["agreement"]["identical_tokens"]
+
+
+@pytest.mark.gpu
+def test_gpu_forward_and_generate_on_the_kernels(gen):
+    """The HF-style interface on the GPU kernels: forward agrees with the reference backend (DESIGN.md §6),
+    generate returns a CUDA LongTensor [B, T + n] that starts with the prompt."""
+    from .test_model import _skip_without_device_kernels, gpu_config
+
+    _skip_without_device_kernels()
+    ids = torch.randint(3, 2048, (2, 9), generator=gen).cuda()
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding
+    kernels = random_model(gpu_config(), seed=59, device="cuda", backend="kernels")
+    ref = random_model(gpu_config(), seed=59, device="cuda")
+    low = random_model(gpu_config(), seed=59, device="cuda").use_backend("reference", torch.bfloat16)
+    out, expected, lowp = (m(ids, attention_mask=mask) for m in (kernels, ref, low))
+    assert out.is_cuda and out.shape == (2, 9, 2048)
+    assert_close_2x(out.cpu(), expected.cpu(), lowp.cpu(), FLOOR, "kernels forward vs reference")
+    generated = kernels.generate(ids, max_new_tokens=4, attention_mask=mask, stop_token=-1)
+    assert generated.is_cuda and generated.shape == (2, 13) and torch.equal(generated[:, :9], ids)
