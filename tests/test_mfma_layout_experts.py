@@ -50,8 +50,9 @@ void locate_mtile(const int* offsets, int e, int m, int outer, int bm, int index
 }
 long long mtile_bound(long long rows, int segments, int bm) { return s::mtile_bound(rows, segments, bm); }
 long long moe_bound_rows(long long pairs, long long cap, int block_m, int bm) { return x::moe_bound_rows(pairs, cap, block_m, bm); }
-void gemm_plan(long long rows, int segments, int features, int sw, int k, int cus, int bm_fixed, long long* out) {
-  const x::GemmPlan p = x::gemm_plan(rows, segments, features, sw != 0, k, cus, bm_fixed);
+void gemm_plan(long long rows, int segments, int features, int sw, int k, int cus, int bm_fixed, int force,
+               long long* out) {
+  const x::GemmPlan p = x::gemm_plan(rows, segments, features, sw != 0, k, cus, bm_fixed, force);
   out[0] = p.bm; out[1] = p.split; out[2] = p.mtiles; out[3] = p.ntiles; out[4] = p.kblocks; out[5] = p.grid;
   out[6] = x::counters_bytes(p); out[7] = x::partials_bytes(p);
 }
@@ -92,16 +93,16 @@ def lib(tmp_path_factory):
     h.moe_bound_rows.argtypes = [ctypes.c_longlong, ctypes.c_longlong, ctypes.c_int, ctypes.c_int]
     h.tile_coord.argtypes = [ctypes.c_longlong, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
     h.locate_mtile.argtypes = [ctypes.POINTER(ctypes.c_int)] + [ctypes.c_int] * 5 + [ctypes.POINTER(ctypes.c_int)]
-    h.gemm_plan.argtypes = [ctypes.c_longlong] + [ctypes.c_int] * 6 + [ctypes.POINTER(ctypes.c_longlong)]
+    h.gemm_plan.argtypes = [ctypes.c_longlong] + [ctypes.c_int] * 7 + [ctypes.POINTER(ctypes.c_longlong)]
     return h
 
 
 THREADS, FEATURE_TILE, WEIGHT_LOADS, MAX_SPLIT, MIN_KB = range(5)
 
 
-def plan(lib, rows, segments, features, swiglu, k, cus=MI300X_CUS, bm_fixed=0):
+def plan(lib, rows, segments, features, swiglu, k, cus=MI300X_CUS, bm_fixed=0, force=0):
     out = (ctypes.c_longlong * 8)()
-    lib.gemm_plan(rows, segments, features, int(swiglu), k, cus, bm_fixed, out)
+    lib.gemm_plan(rows, segments, features, int(swiglu), k, cus, bm_fixed, force, out)
     return dict(zip(("bm", "split", "mtiles", "ntiles", "kblocks", "grid", "counters", "partials"), out))
 
 
@@ -390,3 +391,14 @@ def test_plan_invariants(lib):
                     assert p["partials"] >= 4 * p["grid"] * 256 * lib.acc_regs(p["bm"])
                 else:
                     assert p["counters"] == 0 and p["partials"] == 0
+
+
+def test_forced_regimes(lib):
+    """ZAYA_EXPERTS_REGIME: small = the split-K kernels at every shape where K allows 2 slices, tiled = none."""
+    for rows in (1, 100, 4096, 65536):
+        for k in (64, 128, 256, 2048):
+            small = plan(lib, rows, 18, 4096, False, k, force=1)
+            tiled = plan(lib, rows, 18, 4096, False, k, force=2)
+            assert tiled["split"] == 1 and tiled["partials"] == 0
+            assert small["bm"] == 64 and (small["split"] >= 2) == (-(-k // 64) >= 4)
+            assert small["grid"] == small["mtiles"] * small["ntiles"] * small["split"]

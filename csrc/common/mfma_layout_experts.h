@@ -163,6 +163,9 @@ ZK_LAYOUT_FN int split_kblock_begin(int kblocks, int split, int s) {
 //            K = 2048) 16 tiles x 16 = 256 workgroups of 32 KB of W2: all CUs pull weights, where the
 //            unsplit grid would have 32 / 16 CUs read 25 MB.
 // bm_fixed != 0 forces bm (moe_mlp picks bm = block_m when block_m is 64 or 128, for the tight bound).
+// force (params.h ExpertsRegime, as an int): 0 by shape; 1 ("small") the split-K path whenever K has
+// >= 2 x kMinKBlocksPerSplit blocks, at least 2 slices, with bm = 64 unless fixed; 2 ("tiled") no split.
+// Tests force both so that every shape runs both kernels.
 struct GemmPlan {
   int bm;
   int split;
@@ -172,15 +175,16 @@ struct GemmPlan {
   int64_t grid;
 };
 
-ZK_LAYOUT_FN GemmPlan gemm_plan(int64_t rows, int segments, int features, bool swiglu, int k, int cus, int bm_fixed) {
+ZK_LAYOUT_FN GemmPlan gemm_plan(int64_t rows, int segments, int features, bool swiglu, int k, int cus, int bm_fixed,
+                                int force) {
   const int ntiles = (features + features_per_tile(swiglu) - 1) / features_per_tile(swiglu);
   const int kblocks = (k + kKBlock - 1) / kKBlock;
   int bm = bm_fixed;
-  if (bm == 0) bm = rows / 128 * ntiles >= cus ? 128 : 64;
+  if (bm == 0) bm = force == 0 && rows / 128 * ntiles >= cus ? 128 : 64;
   const int mtiles = static_cast<int>(mtile_bound(rows, segments, bm));
   int split = 1;
-  while (split < kMaxSplit && int64_t{mtiles} * ntiles * split * 2 <= cus &&
-         kblocks >= kMinKBlocksPerSplit * split * 2) {
+  while (force != 2 && split < kMaxSplit && kblocks >= kMinKBlocksPerSplit * split * 2 &&
+         (int64_t{mtiles} * ntiles * split * 2 <= cus || (force == 1 && split == 1))) {
     split *= 2;
   }
   return GemmPlan{bm, split, mtiles, ntiles, kblocks, int64_t{mtiles} * ntiles * split};

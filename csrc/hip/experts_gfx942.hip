@@ -7,8 +7,10 @@
 //   moe_mlp:      [memset of the split counters] -> fc1 (rows gathered through sorted_token_ids,
 //                 SwiGLU epilogue -> act [capacity, F] bf16 in the workspace) -> fc2 (act rows,
 //                 combine-weight epilogue: bf16 rows scattered to token order when k == 1, fp32 pair
-//                 rows otherwise) -> moe_combine_kernel (skip route / unrouted tokens; the k > 1 sum).
-// The plan (bm, split) comes from the shapes alone (experts_gfx942::gemm_plan, the numbers behind it in
+//                 rows otherwise) -> experts::moe_rows_kernel (common/experts_rows.cuh, shared with the
+//                 CUDA backend: skip route / unrouted tokens when k == 1; the k > 1 sum).
+// The plan (bm, split) comes from the shapes alone (or params.regime: kSmall = the split-K path,
+// kTiled = none) (experts_gfx942::gemm_plan, the numbers behind it in
 // common/mfma_layout_experts.h), so the workspace size is known on the host without reading a device
 // value, and every launch is graph-capturable. The plan assumes an MI300X's 304 CUs (kPlanCus): a
 // smaller part only runs more split slices per CU, a constant keeps the workspace size and the plan
@@ -17,11 +19,13 @@
 // Workspace (grouped_gemm_workspace_bytes / moe_mlp_workspace_bytes; the launchers in csrc/ops allocate
 // it from torch's caching allocator, uninitialised):
 //   grouped_gemm: [split counters][split partials] (0 bytes without a split)
-//   moe_mlp:      [act: capacity x F bf16][pair_out: T k x H fp32, k > 1 only][counters][partials]
+//   moe_mlp:      [act: capacity x F bf16][pair_out: T k x H fp32, k > 1 only] (params.h's shared layout:
+//                 moe_mlp_act_bytes, moe_mlp_pair_out_bytes) then [counters][partials]
 //                 (counters and partials sized for the larger of fc1 and fc2, reused by both: the
 //                 finisher of every tile resets its counter, so fc2 starts from zeros again).
+#include "../common/experts_rows.cuh"
 #include "../common/launch.h"
-#include "experts_gfx942_combine.h"
+#include "experts_gfx942_gemm.h"
 
 namespace zk {
 namespace experts_hip {
@@ -54,8 +58,10 @@ const char* launch_planned(GemmArgs args, const GemmPlan& plan, hipStream_t stre
   return split ? launch_gemm<64, kEpi, true>(args, plan.grid, stream) : launch_gemm<64, kEpi, false>(args, plan.grid, stream);
 }
 
+int forced(ExpertsRegime regime) { return regime == ExpertsRegime::kSmall ? 1 : (regime == ExpertsRegime::kTiled ? 2 : 0); }
+
 GemmPlan grouped_plan(const GroupedGemmParams& p) {
-  return gemm_plan(p.m, p.num_experts + 2, p.n, false, p.k, kPlanCus, 0);
+  return gemm_plan(p.m, p.num_experts + 2, p.n, false, p.k, kPlanCus, 0, forced(p.regime));
 }
 
 // block_m of moe_align, recovered from capacity = T k + E (block_m - 1); 0 when it does not divide.
@@ -73,13 +79,13 @@ Layout moe_layout(const MoeMlpParams& p) {
   // the tight bound when block_m divides 64 (and so 128).
   const int bm_fixed = (block_m == 64 || block_m == 128) ? block_m : 0;
   const int64_t rows = moe_bound_rows(pairs, p.capacity, block_m, bm_fixed != 0 ? bm_fixed : 64);
-  l.fc1 = gemm_plan(rows, p.num_experts, p.ffn, true, p.hidden, kPlanCus, bm_fixed);
-  l.fc2 = gemm_plan(rows, p.num_experts, p.hidden, false, p.ffn, kPlanCus, bm_fixed);
+  l.fc1 = gemm_plan(rows, p.num_experts, p.ffn, true, p.hidden, kPlanCus, bm_fixed, forced(p.regime));
+  l.fc2 = gemm_plan(rows, p.num_experts, p.hidden, false, p.ffn, kPlanCus, bm_fixed, forced(p.regime));
   int64_t at = 0;
   l.act = at;
-  at += align_up(int64_t{p.capacity} * p.ffn * 2);
+  at += moe_mlp_act_bytes(p.capacity, p.ffn);
   l.pair_out = at;
-  if (p.k > 1) at += align_up(pairs * p.hidden * 4);
+  at += moe_mlp_pair_out_bytes(pairs, p.hidden, p.k);
   l.counters = at;
   at += counters_bytes(l.fc1) > counters_bytes(l.fc2) ? counters_bytes(l.fc1) : counters_bytes(l.fc2);
   l.partials = at;
@@ -194,24 +200,13 @@ const char* launch_moe_mlp(const MoeMlpParams& params, StreamHandle stream_handl
   fc2.pair_out = pair_out;
   if (const char* error = launch_planned<Epilogue::kCombine>(fc2, l.fc2, stream)) return error;
 
-  CombineArgs combine{};
-  combine.x = params.x;
-  combine.x_row_stride = params.x_row_stride;
-  combine.topk_weights = params.topk_weights;
-  combine.topk_ids = params.topk_ids;
-  combine.pair_out = pair_out;
-  combine.out = params.out;
-  combine.out_row_stride = params.out_row_stride;
-  combine.num_tokens = params.num_tokens;
-  combine.top_k = params.k;
-  combine.hidden = params.hidden;
-  combine.num_experts = params.num_experts;
-  combine.scaled_input = params.skip_mode == SkipMode::kScaledInput;
-  // one item per thread up to 4 rounds of 8 workgroups on each of 304 CUs, grid-stride beyond
-  const int64_t items = int64_t{params.num_tokens} * (params.hidden / 4);
-  const int64_t blocks = (items + kCombineThreads - 1) / kCombineThreads;
+  // one piece (8 columns of a token) per thread up to 4 rounds of 8 workgroups on each of 304 CUs,
+  // grid-stride beyond
+  const int64_t pieces = int64_t{params.num_tokens} * (params.hidden / 8);
+  const int64_t blocks = (pieces + experts::kRowsThreads - 1) / experts::kRowsThreads;
   const int64_t grid = blocks < 4 * 8 * kPlanCus ? blocks : 4 * 8 * kPlanCus;
-  hipLaunchKernelGGL(moe_combine_kernel, dim3(static_cast<uint32_t>(grid)), dim3(kCombineThreads), 0, stream, combine);
+  hipLaunchKernelGGL(experts::moe_rows_kernel, dim3(static_cast<uint32_t>(grid)), dim3(experts::kRowsThreads), 0,
+                     stream, params, static_cast<const float*>(pair_out));
   return last_launch_error();
 }
 
