@@ -39,7 +39,8 @@ class ZayaConfig:
     rope_theta: float
     rotary_dim: int               # rotated dims at the start of each head (NeoX rotate-half pairing)
     rms_norm_eps: float = 1e-5
-    skip_mode: str = "scaled_input"   # MoE output of a skipped token: p_skip * x, or "zero" (§5.4)
+    skip_mode: str = "scaled_input"   # MoE output of a skipped token: p_skip * x, or "zero" (§5.4);
+    #                                   checkpoints get their layout's DEFAULT_SKIP_MODE (native: "zero")
     fp32_logits: bool = True      # LM head returns fp32 (zaya_high_prec, Zyphra's vLLM) instead of bf16
     max_position_embeddings: int = 131072
     pad_token_id: int = 0

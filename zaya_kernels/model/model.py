@@ -67,7 +67,9 @@ class ZayaModel(nn.Module):
         biases = [router.balancing_biases for router in routers]
         super()._apply(fn, *args, **kwargs)
         for router, kept in zip(routers, biases):
-            router.balancing_biases = kept.to(router.balancing_biases.device, torch.float32)
+            moved = router.balancing_biases
+            if moved.dtype != torch.float32:  # a meta tensor (to_empty) has no values to keep
+                router.balancing_biases = moved.float() if kept.is_meta else kept.to(moved.device, torch.float32)
         return self
 
     def _check_dtype(self, state: DecodeState | None = None) -> None:
