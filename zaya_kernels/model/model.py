@@ -36,7 +36,7 @@ class ZayaModel(nn.Module):
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype}")
         c = config
         self.config = c
-        self.embed_tokens = empty_weight(c.vocab_size, c.hidden_size)  # [V, H] bf16, tied with the LM head
+        self.embed_tokens = empty_weight(c.vocab_size, c.hidden_size)  # [V, H] model dtype, tied LM head
         self.input_scale = empty_weight(c.hidden_size)                 # s_in [H]: the legacy layer-0 res_scale
         self.input_bias = empty_weight(c.hidden_size)                  # b_in [H]
         self.blocks = nn.ModuleList(ZayaBlock(c, i) for i in range(c.num_blocks))
@@ -95,7 +95,7 @@ class ZayaModel(nn.Module):
     # -----------------------------------------------------------------------------------------
 
     def _forward(self, ws: Workspace, state: DecodeState, batch: BatchInfo) -> None:
-        """ws.token_ids [n] -> ws.x [n, H] bf16 = the final-norm output; updates the state's caches."""
+        """ws.token_ids [n] -> ws.x [n, H] (model dtype) = the final-norm output; updates the state's caches."""
         torch.index_select(self.embed_tokens, 0, ws.token_ids, out=ws.y)
         ws.residual.copy_(ws.y)
         ws.residual.add_(self.input_bias).mul_(self.input_scale)
