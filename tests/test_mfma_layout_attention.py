@@ -48,18 +48,24 @@ int v_key_quad(int v) { return a::v_key_quad(v); }
 int v_d_chunk(int v) { return a::v_d_chunk(v); }
 int v_load_key(int v, int j) { return a::v_load_key(v, j); }
 int vt_write_offset(int v, int i) { return a::vt_write_offset(v, i); }
-long long kv_offset(int page, int page_size, int kv_heads, int pos, int kvh) { return a::kv_offset(page, page_size, kv_heads, pos, kvh); }
+long long kv_offset(int page, int page_size, int kv_heads, int pos, int kvh) {
+  return a::kv_offset(page, page_size, kv_heads, pos, kvh);
+}
 int page_slot(int pos, int page_size) { return a::page_slot(pos, page_size); }
-void qtile_coord(long long logical, int bound, int* out) { const a::QTileCoord c = a::qtile_coord(logical, bound); out[0] = c.tile; out[1] = c.kvh; }
+void qtile_coord(long long logical, int bound, int* out) {
+  const a::QTileCoord c = a::qtile_coord(logical, bound); out[0] = c.tile; out[1] = c.kvh;
+}
 int key_tiles(int last, int len, int causal) { return a::key_tiles(last, len, causal != 0); }
 long long logical_block(long long b, long long g) { return s::logical_block(b, g); }
 long long mtile_bound(long long rows, int segments, int tile) { return s::mtile_bound(rows, segments, tile); }
 void locate(const int* cu, int batch, int m, int index, int* out) {
-  const s::MTile t = s::locate_mtile(cu, batch, m, false, a::kQueryTile, index); out[0] = t.expert; out[1] = t.row0; out[2] = t.rows;
+  const s::MTile t = s::locate_mtile(cu, batch, m, false, a::kQueryTile, index);
+  out[0] = t.expert; out[1] = t.row0; out[2] = t.rows;
 }
 int constant(int which) {
   switch (which) {
-    case 0: return a::kThreads; case 1: return a::kStageBytes; case 2: return a::kKTileBytes; case 3: return a::kQueryTile;
+    case 0: return a::kThreads; case 1: return a::kStageBytes; case 2: return a::kKTileBytes;
+    case 3: return a::kQueryTile;
     case 4: return a::kKeyTile; case 5: return a::kLoaderThreads;
   }
   return -1;
@@ -143,7 +149,8 @@ def stage_vt(lib, v_tile):
 
 
 def test_loaders_cover_the_tiles(lib):
-    assert sorted((lib.v_key_quad(v), lib.v_d_chunk(v)) for v in range(256)) == [(q, c) for q in range(16) for c in range(16)]
+    pairs = sorted((lib.v_key_quad(v), lib.v_d_chunk(v)) for v in range(256))
+    assert pairs == [(q, c) for q in range(16) for c in range(16)]
     rng = np.random.default_rng(0)
     stage_k(lib, rng.standard_normal((64, 128)))
     stage_vt(lib, rng.standard_normal((64, 128)))
@@ -170,11 +177,14 @@ def test_scores_and_pv_equal_attention_products(lib):
         for b in range(2):
             acc = [[0.0] * 16 for _ in range(WAVE)]
             for c in range(2):
-                a_runs = [sum((k_lds.read16(lib.k_read_offset(b, c, lane, cc)) for cc in range(4)), []) for lane in range(WAVE)]
-                q_runs = [[q[lib.query_row(wave, lane) % 32, lib.score_d(c, lane, step, e)] for step in range(8) for e in range(4)]
+                a_runs = [sum((k_lds.read16(lib.k_read_offset(b, c, lane, cc)) for cc in range(4)), [])
+                          for lane in range(WAVE)]
+                q_runs = [[q[lib.query_row(wave, lane) % 32, lib.score_d(c, lane, step, e)]
+                           for step in range(8) for e in range(4)]
                           for lane in range(WAVE)]
                 for step in range(8):
-                    acc = HW.mfma(32, [r[4 * step:4 * step + 4] for r in a_runs], [r[4 * step:4 * step + 4] for r in q_runs], acc)
+                    acc = HW.mfma(32, [r[4 * step:4 * step + 4] for r in a_runs],
+                                  [r[4 * step:4 * step + 4] for r in q_runs], acc)
             scores.append(acc)
         want = k @ q.T  # [key, query]
         for b in range(2):
@@ -190,7 +200,8 @@ def test_scores_and_pv_equal_attention_products(lib):
         for db in range(4):
             acc = [[0.0] * 16 for _ in range(WAVE)]
             for b in range(2):
-                vt_runs = [sum((vt_lds.read16(lib.vt_read_offset(db, b, lane, rr)) for rr in range(2)), []) for lane in range(WAVE)]
+                vt_runs = [sum((vt_lds.read16(lib.vt_read_offset(db, b, lane, rr)) for rr in range(2)), [])
+                           for lane in range(WAVE)]
                 for j in range(4):
                     b_ops = [scores[b][lane][4 * j:4 * j + 4] for lane in range(WAVE)]
                     acc = HW.mfma(32, [r[4 * j:4 * j + 4] for r in vt_runs], b_ops, acc)
@@ -205,9 +216,10 @@ def test_output_pieces_are_4_consecutive_d(lib):
         for lane in range(WAVE):
             for g in range(4):
                 base = lib.out_d(db, lane, 4 * g)
-                assert base % 4 == 0 and [lib.out_d(db, lane, 4 * g + e) for e in range(4)] == [base + e for e in range(4)]
-    assert sorted((lib.out_d(db, lane, r), lane % 32) for db in range(4) for lane in range(WAVE) for r in range(16)) == \
-        [(d, q) for d in range(128) for q in range(32)]
+                assert base % 4 == 0
+                assert [lib.out_d(db, lane, 4 * g + e) for e in range(4)] == [base + e for e in range(4)]
+    covered = sorted((lib.out_d(db, lane, r), lane % 32) for db in range(4) for lane in range(WAVE) for r in range(16))
+    assert covered == [(d, q) for d in range(128) for q in range(32)]
 
 
 def test_lds_accesses_are_conflict_free(lib):
@@ -220,7 +232,8 @@ def test_lds_accesses_are_conflict_free(lib):
                 assert conflict_degree([lib.vt_read_offset(db, b, lane, rr) for lane in range(WAVE)], 16) == 1
     for w in range(4):  # K loader waves: ds_write_b128
         for i in range(4):
-            addrs = [lib.k_offset(lib.k_load_key(64 * w + lane, i), lib.k_load_chunk(64 * w + lane)) for lane in range(WAVE)]
+            addrs = [lib.k_offset(lib.k_load_key(64 * w + lane, i), lib.k_load_chunk(64 * w + lane))
+                     for lane in range(WAVE)]
             assert conflict_degree(addrs, 16) == 1
     for w in range(4):  # V loader waves: ds_write_b64 of the transposed pieces
         for i in range(8):

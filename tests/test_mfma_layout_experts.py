@@ -46,10 +46,13 @@ void tile_coord(long long logical, int mtiles, int split, int* out) {
 }
 long long logical_tile(long long b, long long grid) { return x::logical_tile(b, grid); }
 void locate_mtile(const int* offsets, int e, int m, int outer, int bm, int index, int* out) {
-  const s::MTile t = s::locate_mtile(offsets, e, m, outer != 0, bm, index); out[0] = t.expert; out[1] = t.row0; out[2] = t.rows;
+  const s::MTile t = s::locate_mtile(offsets, e, m, outer != 0, bm, index);
+  out[0] = t.expert; out[1] = t.row0; out[2] = t.rows;
 }
 long long mtile_bound(long long rows, int segments, int bm) { return s::mtile_bound(rows, segments, bm); }
-long long moe_bound_rows(long long pairs, long long cap, int block_m, int bm) { return x::moe_bound_rows(pairs, cap, block_m, bm); }
+long long moe_bound_rows(long long pairs, long long cap, int block_m, int bm) {
+  return x::moe_bound_rows(pairs, cap, block_m, bm);
+}
 void gemm_plan(long long rows, int segments, int features, int sw, int k, int cus, int bm_fixed, int force,
                long long* out) {
   const x::GemmPlan p = x::gemm_plan(rows, segments, features, sw != 0, k, cus, bm_fixed, force);
@@ -164,7 +167,8 @@ def test_tile_equals_matmul(lib, bm, swiglu):
     a = rng.standard_normal((bm, 64 * kblocks))
     stage_w = np.array([w_full[lib.weight_row(nt, rho, int(swiglu), ffn)] for rho in range(128)])
     fm_count = bm // 64
-    acc = {(w, fn, fm): [[0.0] * 16 for _ in range(WAVE)] for w in range(4) for fn in range(2) for fm in range(fm_count)}
+    acc = {(w, fn, fm): [[0.0] * 16 for _ in range(WAVE)]
+           for w in range(4) for fn in range(2) for fm in range(fm_count)}
     for kb in range(kblocks):
         cols = slice(64 * kb, 64 * kb + 64)
         lds = fill_stage(lib, bm, stage_w[:, cols], a[:, cols])
@@ -214,11 +218,13 @@ def test_lds_accesses_are_conflict_free(lib, bm):
         for c in range(4):
             for swiglu in (0, 1):
                 for fn in range(2):
-                    assert conflict_degree([lib.weight_read_offset(w, fn, lane, c, swiglu) for lane in range(WAVE)], 16) == 1
+                    reads = [lib.weight_read_offset(w, fn, lane, c, swiglu) for lane in range(WAVE)]
+                    assert conflict_degree(reads, 16) == 1
             for fm in range(bm // 64):
                 assert conflict_degree([lib.token_read_offset(w, fm, lane, c, bm) for lane in range(WAVE)], 16) == 1
         for i in range(4 + lib.token_loads(bm)):
-            writes = [lib.stage_offset(lib.load_row(64 * w + lane, i), lib.load_chunk(64 * w + lane)) for lane in range(WAVE)]
+            writes = [lib.stage_offset(lib.load_row(64 * w + lane, i), lib.load_chunk(64 * w + lane))
+                      for lane in range(WAVE)]
             assert conflict_degree(writes, 16) == 1
 
 

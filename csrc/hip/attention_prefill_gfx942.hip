@@ -135,7 +135,9 @@ __global__ void __launch_bounds__(kThreads) attention_prefill_gfx942_kernel(cons
     uint8_t* base = smem + stage * kStageBytes;
     if (k_loader) {
 #pragma unroll
-      for (int i = 0; i < kLoads; ++i) *reinterpret_cast<u32x4*>(base + k_offset(k_load_key(v, i), k_load_chunk(v))) = reg[i];
+      for (int i = 0; i < kLoads; ++i) {
+        *reinterpret_cast<u32x4*>(base + k_offset(k_load_key(v, i), k_load_chunk(v))) = reg[i];
+      }
     } else {
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
@@ -162,10 +164,13 @@ __global__ void __launch_bounds__(kThreads) attention_prefill_gfx942_kernel(cons
       for (int c = 0; c < kDBlocks; ++c) {
         u32x4 k_run[4];
 #pragma unroll
-        for (int cc = 0; cc < 4; ++cc) k_run[cc] = *reinterpret_cast<const u32x4*>(base + k_read_offset(b, c, lane, cc));
+        for (int cc = 0; cc < 4; ++cc) {
+          k_run[cc] = *reinterpret_cast<const u32x4*>(base + k_read_offset(b, c, lane, cc));
+        }
 #pragma unroll
         for (int step = 0; step < 8; ++step) {
-          s[b] = __builtin_amdgcn_mfma_f32_32x32x8bf16_1k(run_step(k_run, step), run_step(q_run[c], step), s[b], 0, 0, 0);
+          s[b] = __builtin_amdgcn_mfma_f32_32x32x8bf16_1k(run_step(k_run, step), run_step(q_run[c], step), s[b],
+                                                          0, 0, 0);
         }
       }
     }
@@ -214,7 +219,9 @@ __global__ void __launch_bounds__(kThreads) attention_prefill_gfx942_kernel(cons
       for (int db = 0; db < kOutBlocks; ++db) {
         u32x4 vt_run[2];
 #pragma unroll
-        for (int rr = 0; rr < 2; ++rr) vt_run[rr] = *reinterpret_cast<const u32x4*>(base + kKTileBytes + vt_read_offset(db, b, lane, rr));
+        for (int rr = 0; rr < 2; ++rr) {
+          vt_run[rr] = *reinterpret_cast<const u32x4*>(base + kKTileBytes + vt_read_offset(db, b, lane, rr));
+        }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const u32x4 w = vt_run[j / 2];
@@ -283,8 +290,8 @@ const char* launch_attention_prefill(const AttentionPrefillParams& params, Strea
   const int64_t bound = gfx942_schedule::mtile_bound(params.num_tokens, params.batch, kQueryTile);
   const int64_t grid = bound * params.cache.kv_heads;
   if (grid > 0x7fffffff) return "attention_prefill (gfx942): too many query tiles for one launch";
-  hipLaunchKernelGGL(attention_hip::attention_prefill_gfx942_kernel, dim3(static_cast<uint32_t>(grid)), dim3(kThreads), 0,
-                     static_cast<hipStream_t>(stream_handle), params, static_cast<int>(bound));
+  hipLaunchKernelGGL(attention_hip::attention_prefill_gfx942_kernel, dim3(static_cast<uint32_t>(grid)),
+                     dim3(kThreads), 0, static_cast<hipStream_t>(stream_handle), params, static_cast<int>(bound));
   return last_launch_error();
 }
 

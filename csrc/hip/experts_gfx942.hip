@@ -53,12 +53,17 @@ const char* launch_planned(GemmArgs args, const GemmPlan& plan, hipStream_t stre
   args.kblocks = plan.kblocks;
   const bool split = plan.split > 1;
   if (plan.bm == 128) {
-    return split ? launch_gemm<128, kEpi, true>(args, plan.grid, stream) : launch_gemm<128, kEpi, false>(args, plan.grid, stream);
+    return split ? launch_gemm<128, kEpi, true>(args, plan.grid, stream)
+                 : launch_gemm<128, kEpi, false>(args, plan.grid, stream);
   }
-  return split ? launch_gemm<64, kEpi, true>(args, plan.grid, stream) : launch_gemm<64, kEpi, false>(args, plan.grid, stream);
+  return split ? launch_gemm<64, kEpi, true>(args, plan.grid, stream)
+               : launch_gemm<64, kEpi, false>(args, plan.grid, stream);
 }
 
-int forced(ExpertsRegime regime) { return regime == ExpertsRegime::kSmall ? 1 : (regime == ExpertsRegime::kTiled ? 2 : 0); }
+// gemm_plan's `force`: 1 = the split-K kernels, 2 = none, 0 = by shape.
+int forced(ExpertsRegime regime) {
+  return regime == ExpertsRegime::kSmall ? 1 : (regime == ExpertsRegime::kTiled ? 2 : 0);
+}
 
 GemmPlan grouped_plan(const GroupedGemmParams& p) {
   return gemm_plan(p.m, p.num_experts + 2, p.n, false, p.k, kPlanCus, 0, forced(p.regime));

@@ -20,8 +20,8 @@
 //   kSwiGlu:  act[row][f] = bf16(silu(gate) * up)         (moe_mlp fc1: rows gathered by sorted ids)
 //   kCombine: out[token][f] = bf16(w * acc) when top_k == 1, else pair_out[pair][f] = w * acc (fp32)
 // kSplit: the tile's K is cut in `split` slices; each slice stores its fp32 partial, the last slice
-// to arrive (agent-scope acquire/release on a counter) sums all slices in slice order (bitwise
-// reproducible whichever arrives last), resets the counter and runs the epilogue.
+// to arrive (agent-scope acquire/release on a counter) sums all slices' partials from memory in slice
+// order (bitwise reproducible whichever arrives last), resets the counter and runs the epilogue.
 #pragma once
 
 #include <stdint.h>
@@ -100,7 +100,8 @@ ZK_DEVICE int tile_row(const MTile& mt, int wave, int fm, int lane, int bm, bool
 }
 
 template <int kBm, Epilogue kEpi>
-ZK_DEVICE void epilogue(const GemmArgs& p, const MTile& mt, int ntile, int wave, int lane, const Accumulators<kBm>& acc) {
+ZK_DEVICE void epilogue(const GemmArgs& p, const MTile& mt, int ntile, int wave, int lane,
+                        const Accumulators<kBm>& acc) {
   constexpr bool kSwiGlu = kEpi == Epilogue::kSwiGlu;
 #pragma unroll
   for (int fm = 0; fm < token_blocks(kBm); ++fm) {
@@ -114,7 +115,8 @@ ZK_DEVICE void epilogue(const GemmArgs& p, const MTile& mt, int ntile, int wave,
         float v[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) v[e] = swiglu(acc.v[0][fm][4 * g + e], acc.v[1][fm][4 * g + e]);
-        *reinterpret_cast<u32x2*>(p.c + row * p.c_row_stride + f) = u32x2{pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3])};
+        *reinterpret_cast<u32x2*>(p.c + row * p.c_row_stride + f) =
+            u32x2{pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3])};
       }
     } else {
       int pair = 0;
@@ -244,7 +246,9 @@ __global__ void __launch_bounds__(kThreads) experts_gemm_kernel(const GemmArgs p
 #pragma unroll
     for (int fm = 0; fm < kFm; ++fm) {
 #pragma unroll
-      for (int c = 0; c < 4; ++c) t_run[fm][c] = *reinterpret_cast<const u32x4*>(base + token_read_offset(wave, fm, lane, c, kBm));
+      for (int c = 0; c < 4; ++c) {
+        t_run[fm][c] = *reinterpret_cast<const u32x4*>(base + token_read_offset(wave, fm, lane, c, kBm));
+      }
     }
 #pragma unroll
     for (int step = 0; step < kSteps; ++step) {
@@ -252,8 +256,8 @@ __global__ void __launch_bounds__(kThreads) experts_gemm_kernel(const GemmArgs p
       for (int fn = 0; fn < kFeatureBlocks; ++fn) {
 #pragma unroll
         for (int fm = 0; fm < kFm; ++fm) {
-          acc.v[fn][fm] = __builtin_amdgcn_mfma_f32_32x32x8bf16_1k(step_operand(w_run[fn], step),
-                                                                  step_operand(t_run[fm], step), acc.v[fn][fm], 0, 0, 0);
+          acc.v[fn][fm] = __builtin_amdgcn_mfma_f32_32x32x8bf16_1k(
+              step_operand(w_run[fn], step), step_operand(t_run[fm], step), acc.v[fn][fm], 0, 0, 0);
         }
       }
     }
@@ -268,7 +272,7 @@ __global__ void __launch_bounds__(kThreads) experts_gemm_kernel(const GemmArgs p
   for (int kb = kb_begin; kb < kb_end; ++kb) {
     const int stage = (kb - kb_begin) & 1;
     compute(stage);
-    store(stage ^ 1, last(kb + 1));  // block kb + 1, requested one block ago; this stage was last read before the barrier
+    store(stage ^ 1, last(kb + 1));  // block kb + 1, requested a block ago; stage last read before the barrier
     load(last(kb + 2));
     __syncthreads();
   }
@@ -287,33 +291,27 @@ __global__ void __launch_bounds__(kThreads) experts_gemm_kernel(const GemmArgs p
     __builtin_amdgcn_fence(__ATOMIC_RELEASE, "agent");  // this thread's partial visible device-wide
     __syncthreads();
     if (tid == 0) {
-      *arrival = static_cast<int>(__hip_atomic_fetch_add(&p.counters[tile], 1u, __ATOMIC_ACQ_REL, __HIP_MEMORY_SCOPE_AGENT));
+      *arrival = static_cast<int>(
+          __hip_atomic_fetch_add(&p.counters[tile], 1u, __ATOMIC_ACQ_REL, __HIP_MEMORY_SCOPE_AGENT));
     }
     __syncthreads();
     if (*arrival != p.split - 1) return;  // uniform: another slice of this tile is still running
     if (tid == 0) __hip_atomic_store(&p.counters[tile], 0u, __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_AGENT);
     __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "agent");  // every slice's partial is visible
-    Accumulators<kBm> total;
+    // The sum restarts from zero and reads every slice's partial, this one's included (it is in memory
+    // already): the same additions in slice order whichever slice arrives last, in the accumulators.
 #pragma unroll
     for (int fn = 0; fn < kFeatureBlocks; ++fn) {
 #pragma unroll
-      for (int fm = 0; fm < kFm; ++fm) total.v[fn][fm] = f32x16{};
+      for (int fm = 0; fm < kFm; ++fm) acc.v[fn][fm] = f32x16{};
     }
-    for (int s = 0; s < p.split; ++s) {  // slice order, not arrival order
+    for (int s = 0; s < p.split; ++s) {
       const int64_t slot = (int64_t{tc.ntile} * p.split + s) * p.mtiles + tc.mtile;
-      if (slot == logical) {
-#pragma unroll
-        for (int fn = 0; fn < kFeatureBlocks; ++fn) {
-#pragma unroll
-          for (int fm = 0; fm < kFm; ++fm) total.v[fn][fm] += acc.v[fn][fm];
-        }
-        continue;
-      }
-      const float* other = p.partials + slot * (kGroups * 4 * kThreads);
+      const float* slice = p.partials + slot * (kGroups * 4 * kThreads);
 #pragma unroll
       for (int q = 0; q < kGroups; ++q) {
-        const f32x4 v = *reinterpret_cast<const f32x4*>(other + partial_index(tid, q));
-        f32x16& t = total.v[q / (4 * kFm)][(q / 4) % kFm];
+        const f32x4 v = *reinterpret_cast<const f32x4*>(slice + partial_index(tid, q));
+        f32x16& t = acc.v[q / (4 * kFm)][(q / 4) % kFm];
         const int r = 4 * (q % 4);
         t[r] += v.x;
         t[r + 1] += v.y;
@@ -321,7 +319,7 @@ __global__ void __launch_bounds__(kThreads) experts_gemm_kernel(const GemmArgs p
         t[r + 3] += v.w;
       }
     }
-    epilogue<kBm, kEpi>(p, mt, tc.ntile, wave, lane, total);
+    epilogue<kBm, kEpi>(p, mt, tc.ntile, wave, lane, acc);
   } else {
     epilogue<kBm, kEpi>(p, mt, tc.ntile, wave, lane, acc);
   }
