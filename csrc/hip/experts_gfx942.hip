@@ -100,7 +100,7 @@ Layout moe_layout(const MoeMlpParams& p) {
 }
 
 const char* check_gemm_shape(int64_t n, int64_t k) {
-  if (k % 8 != 0) return "experts (gfx942): K must be a multiple of 8 (16-byte row loads)";
+  if (k <= 0 || k % 8 != 0) return "experts (gfx942): K must be a positive multiple of 8 (16-byte row loads)";
   if (n % 4 != 0) return "experts (gfx942): N must be a multiple of 4 (8-byte output pieces)";
   return nullptr;
 }
@@ -152,8 +152,8 @@ int64_t moe_mlp_workspace_bytes(const MoeMlpParams& params) {
 const char* launch_moe_mlp(const MoeMlpParams& params, StreamHandle stream_handle) {
   using namespace experts_hip;
   if (params.num_tokens <= 0) return nullptr;
-  if (params.hidden % 8 != 0 || params.ffn % 8 != 0) {
-    return "moe_mlp (gfx942): hidden and ffn must be multiples of 8 (16-byte row loads)";
+  if (params.hidden <= 0 || params.ffn <= 0 || params.hidden % 8 != 0 || params.ffn % 8 != 0) {
+    return "moe_mlp (gfx942): hidden and ffn must be positive multiples of 8 (16-byte row loads)";
   }
   if (params.x_row_stride % 8 != 0) return "moe_mlp (gfx942): x's row stride must be a multiple of 8";
   if (params.workspace == nullptr) return "moe_mlp (gfx942): needs moe_mlp_workspace_bytes of workspace";
