@@ -43,10 +43,11 @@ constexpr int kPrefillHalfBytes = kPrefillBlockKeys * 128;          // [128 keys
 constexpr int kPrefillQHalfBytes = kPrefillRows * 128;              // [128 rows x 64 of D] bf16
 constexpr int kPrefillQBytes = 2 * kPrefillQHalfBytes;
 constexpr int kPrefillConsumerWarps = 4 * kPrefillConsumers;
-// Register budget (setmaxnreg): 24 + 2 x 240 = 504 <= 512 per thread slot of 3 warpgroups. A consumer
-// holds S (64 fp32), O (64 fp32) and P (32 bf16x2) per thread, plus the softmax state.
-constexpr int kPrefillProducerRegisters = 56;
-constexpr int kPrefillConsumerRegisters = 224;
+// Register budget (setmaxnreg): 64 + 2 x 216 = 496 <= 512 per thread slot of 3 warpgroups. The producer
+// warp's tile walk and page lookups spilled at 56; a consumer holds S (64 fp32), O (64 fp32) and P (32
+// bf16x2) per thread plus the softmax state, and nothing spills at 216 (ptxas -v, both schedules).
+constexpr int kPrefillProducerRegisters = 64;
+constexpr int kPrefillConsumerRegisters = 216;
 static_assert(kPrefillProducerRegisters + kPrefillConsumers * kPrefillConsumerRegisters <= 512, "register file");
 static_assert(kPrefillHeadDim == 128, "two 64-element swizzle halves of D");
 
