@@ -8,7 +8,18 @@ extension, `zaya_kernels.reference` and the model's reference backend still work
 import importlib as _importlib
 
 from . import reference
-from ._backend import compiled_backend, extension_loaded, has_device_kernel
+from ._backend import build_config, compiled_backend, extension_loaded, has_device_kernel
+
+
+def _check_torch(built: str | None, running: str) -> None:
+    """_C links against torch's C++ API, which has no stable ABI between releases: it loads only under the torch
+    release it was built with (major.minor.patch equal; the local tag, e.g. +cu130, is not compared)."""
+    if built is not None and built.split("+")[0] != running.split("+")[0]:
+        raise ImportError(f"zaya_kernels was built against torch {built}, but torch {running} is installed: install "
+                          f"torch=={built.split('+')[0]} or rebuild zaya_kernels against this torch")
+
+
+_check_torch(getattr(build_config(), "TORCH_VERSION", None), _importlib.import_module("torch").__version__)
 
 try:
     # import_module, not `from . import _C`: when the module is absent, the latter reports a "partially
