@@ -23,6 +23,7 @@
 // derives the list again from fresh loads, so the prefetch can only be wasted, never wrong.
 #pragma once
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../common/compat.h"
@@ -124,12 +125,15 @@ struct Stage<SmallStage::kFc2> {
 // ---- the work list -------------------------------------------------------------------------------------
 
 struct SmallShared {
+  // First and 16-byte aligned: the accumulators are stored as float2 (8-byte aligned addresses required;
+  // after the int32 arrays they sat at byte 3108, the misaligned-address fault of GPU round 1).
+  alignas(16) float partial[2][kSmallWarps][kRowTile][kTokenTile];  // per-warp accumulators, double-buffered by item
   int32_t prefix[kExpertsMaxExperts + 1];  // items before expert e; prefix[E] = all items
   int32_t start[kExpertsMaxExperts];       // first row (slot) of expert e
   int32_t count[kExpertsMaxExperts];       // rows (slots) of expert e that hold tokens
   int32_t warp_total[kSmallWarps];
-  float partial[2][kSmallWarps][kRowTile][kTokenTile];  // per-warp accumulators, double-buffered by item
 };
+static_assert(offsetof(SmallShared, partial) % 16 == 0, "float2 stores into SmallShared::partial");
 
 // Every CTA builds the same list: expert e's rows are [offsets[e], offsets[e+1]) clamped to the row
 // limit, cut to its real token count where topk_ids are counted (moe_mlp, T*k <= kCountFromIdsMaxPairs).
